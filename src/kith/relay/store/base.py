@@ -1,0 +1,132 @@
+"""The relay's storage interface. Three backends implement it: memory, SQLite, Redis.
+
+Contract every backend keeps (tests/unit/relay/test_store_contract.py runs it against all three):
+
+- **Durable before acknowledged.** ``put_message`` and ``ack`` return only after the change is
+  durable for that backend (SQLite: committed; Redis: accepted by the server). If they cannot
+  make it durable they raise :class:`~kith.errors.StoreUnavailable` and nothing is acknowledged.
+- **Order.** Messages of one queue come back from ``pending`` in the order ``put_message``
+  was *called* (calls are enqueued synchronously before the first await), oldest first.
+- **Nothing names anyone.** A backend stores only what these methods pass in: random ids, public
+  queue keys, padded ciphertext, coarse times. No addresses, no per-client logs.
+- **Atomic quotas.** ``put_message`` checks the per-queue limits and appends in one step.
+- **Bad ids change nothing.** Unknown ids raise :class:`NoQueue`; nothing is written.
+
+The relay's protocol core (``kith.relay.core``) never calls a store: the adapter executes
+the core's storage effects against one. Backends are therefore swappable without touching it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kith.errors import StoreError
+
+
+class NoQueue(StoreError):
+    """No queue has that id."""
+
+
+class QuotaExceeded(StoreError):
+    """The queue holds its maximum number of messages or bytes."""
+
+
+class AlreadySecured(StoreError):
+    """The queue already has a different sender key."""
+
+
+class DuplicateId(StoreError):
+    """A queue id collided with an existing one (astronomically unlikely; caller retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """A queue as the relay knows it: two unrelated random ids and public keys, nothing else."""
+
+    recipient_id: bytes
+    sender_id: bytes
+    recipient_key: bytes
+    sender_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One padded ciphertext waiting for its recipient.
+
+    ``seq`` is a backend-internal ordering key, strictly increasing per queue; it never goes
+    on the wire (``msg_id`` does).
+    """
+
+    seq: int
+    msg_id: bytes
+    received_at: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-queue quota and expiry, in force when a message is stored."""
+
+    max_messages: int = 1000
+    max_bytes: int = 16 * 1024 * 1024
+    ttl_seconds: int = 21 * 24 * 3600
+
+
+#: Called with a recipient id when a message for it may be pending (possibly from another
+#: relay process). Must not block; may be called spuriously.
+NotifyFn = Callable[[bytes], None]
+
+
+class Store(Protocol):
+    """What the relay needs from storage. All methods may raise StoreUnavailable."""
+
+    async def start(self, notify: NotifyFn) -> None:
+        """Open connections, create or upgrade schemas; deliver new-message hints to notify."""
+
+    async def close(self) -> None:
+        """Flush and release everything. Idempotent."""
+
+    async def create_queue(self, record: QueueRecord, now: int) -> None:
+        """Store a new queue. Raises DuplicateId if either id is taken."""
+
+    async def queue_by_recipient(self, recipient_id: bytes) -> QueueRecord | None: ...
+
+    async def queue_by_sender(self, sender_id: bytes) -> QueueRecord | None: ...
+
+    async def secure_queue(self, recipient_id: bytes, sender_key: bytes) -> None:
+        """Set the sender key once. Same key again is a no-op; a different one raises
+        AlreadySecured; unknown queue raises NoQueue."""
+
+    async def delete_queue(self, recipient_id: bytes) -> None:
+        """Delete the queue and every message in it. Unknown queue raises NoQueue."""
+
+    async def put_message(
+        self, sender_id: bytes, msg_id: bytes, body: bytes, now: int, limits: Limits
+    ) -> bytes:
+        """Append a message to the queue whose sender id is ``sender_id``; durable on return.
+
+        Returns the queue's recipient id (so the caller can push to a local subscriber).
+        Raises NoQueue or QuotaExceeded (nothing stored). Also notifies watchers of the queue
+        in other processes (Redis) or this one.
+        """
+
+    async def pending(
+        self, recipient_id: bytes, after_seq: int, limit: int, now: int, limits: Limits
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` unexpired messages with ``seq > after_seq``, oldest first."""
+
+    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
+        """Delete one message; durable on return. False if it was not there."""
+
+    async def watch(self, recipient_id: bytes) -> None:
+        """Start delivering notify() hints for this queue (a subscriber is connected here)."""
+
+    async def unwatch(self, recipient_id: bytes) -> None: ...
+
+    async def expire(self, now: int, limits: Limits) -> int:
+        """Delete messages older than ``limits.ttl_seconds``. Returns how many."""
+
+    async def stats(self) -> dict[str, int]:
+        """Aggregate counts only (queues, messages, bytes) for metrics."""
