@@ -37,6 +37,10 @@ class AlreadySecured(StoreError):
     """The queue already has a different sender key."""
 
 
+class NotAuthorized(StoreError):
+    """The queue is secured and the sender did not prove its sender key."""
+
+
 class DuplicateId(StoreError):
     """A queue id collided with an existing one (astronomically unlikely; caller retries)."""
 
@@ -55,14 +59,25 @@ class QueueRecord:
 class StoredMessage:
     """One padded ciphertext waiting for its recipient.
 
-    ``seq`` is a backend-internal ordering key, strictly increasing per queue; it never goes
-    on the wire (``msg_id`` does).
+    ``seq`` is a backend-internal ordering key: a per-queue counter that grows by exactly one
+    per stored message (1, 2, 3, ...; acked or expired messages leave gaps in what is pending,
+    never in the numbering). It never goes on the wire (``msg_id`` does). Contiguity lets the
+    relay push a message it just stored without reading it back, knowing it missed nothing.
     """
 
     seq: int
     msg_id: bytes
     received_at: int
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRef:
+    """Where ``put_message`` stored a message: its queue, its ``seq``, its coarse time."""
+
+    recipient_id: bytes
+    seq: int
+    received_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +118,22 @@ class Store(Protocol):
         """Delete the queue and every message in it. Unknown queue raises NoQueue."""
 
     async def put_message(
-        self, sender_id: bytes, msg_id: bytes, body: bytes, now: int, limits: Limits
-    ) -> bytes:
+        self,
+        sender_id: bytes,
+        msg_id: bytes,
+        body: bytes,
+        now: int,
+        limits: Limits,
+        sender_key: bytes | None = None,
+    ) -> StoredRef:
         """Append a message to the queue whose sender id is ``sender_id``; durable on return.
 
-        Returns the queue's recipient id (so the caller can push to a local subscriber).
-        Raises NoQueue or QuotaExceeded (nothing stored). Also notifies watchers of the queue
-        in other processes (Redis) or this one.
+        ``sender_key`` is the sender key the connection proved (SAUTH), or None. If the queue
+        is secured and ``sender_key`` is not its key, raise NotAuthorized: the check is atomic
+        with the insert, so securing a queue takes effect for every connection at once.
+        Returns where the message went (so the caller can push it to a local subscriber).
+        Raises NoQueue, NotAuthorized or QuotaExceeded (nothing stored). Notifies watchers of
+        the queue in other processes (Redis) or this one.
         """
 
     async def pending(

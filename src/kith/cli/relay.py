@@ -1,0 +1,49 @@
+"""``kith relay serve``: build a relay from settings and run it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from kith.relay import config as relay_config
+from kith.relay.server import RelayServer
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = relay_config.load(args.config).with_overrides(
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        db=args.db,
+        redis_url=args.redis_url,
+        metrics_port=args.metrics_port,
+        block_size=args.block_size,
+        ttl_days=args.ttl_days,
+        quota_messages=args.quota_messages,
+    )
+    server_config = settings.server_config()
+    logging.basicConfig(level=logging.INFO, format="kith relay: %(message)s", stream=sys.stderr)
+    store = settings.make_store()
+    asyncio.run(_run(RelayServer(store, server_config)))
+    return 0
+
+
+async def _run(relay: RelayServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await relay.start()
+    # A line scripts and tests can wait for; it names the bound port (useful with --port 0).
+    print(f"kith relay ready on {relay.config.host}:{relay.port}", flush=True)
+    if relay.metrics_port is not None:
+        print(f"kith relay metrics on {relay.config.metrics_host}:{relay.metrics_port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await relay.stop()

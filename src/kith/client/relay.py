@@ -1,0 +1,224 @@
+"""An async client for one relay connection.
+
+This is the transport the client service drives: it speaks the frames of
+:mod:`kith.protocol.relay` over one WebSocket, matches replies to commands by ``corr_id`` (so
+commands can be pipelined), and hands pushed messages to a queue the caller reads.
+
+Every refusal by the relay becomes :class:`RelayRefused` with the relay's error code; a relay
+that sends garbage becomes :class:`RelayProtocolError` and the connection is closed (a relay
+that breaks the protocol is not trusted with the rest of the session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from kith.crypto.signing import SigningKey
+from kith.errors import KithError, RemoteProtocolError
+from kith.protocol import relay as p
+
+R = TypeVar("R", bound=p.Reply)
+
+
+class RelayError(KithError):
+    """Base of errors talking to a relay."""
+
+
+class RelayUnreachable(RelayError):
+    """The relay could not be reached or the connection dropped."""
+
+
+class RelayProtocolError(RelayError, RemoteProtocolError):
+    """The relay sent something that is not valid protocol."""
+
+
+class RelayRefused(RelayError):
+    """The relay answered a command with an ERR frame."""
+
+    def __init__(self, code: p.ErrorCode) -> None:
+        super().__init__(f"relay refused: {code.name.lower().replace('_', ' ')}")
+        self.code = code
+
+
+class RelayClient:
+    """One WebSocket connection to a relay. Create with :meth:`connect`."""
+
+    def __init__(self, ws: ClientConnection, hello: p.Hello) -> None:
+        self._ws = ws
+        self.hello = hello
+        self._corr = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[p.Reply]] = {}
+        self.messages: asyncio.Queue[p.Msg] = asyncio.Queue()
+        self.ended: asyncio.Queue[bytes] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+        self._failure: RelayError | None = None
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, timeout: float = 10.0, proxy: str | None = None
+    ) -> RelayClient:
+        """Connect and read the relay's HELLO. ``proxy`` is e.g. ``socks5h://127.0.0.1:9050``."""
+        try:
+            async with asyncio.timeout(timeout):
+                kwargs: dict[str, Any] = {
+                    "compression": None,
+                    "max_size": p.max_frame_size(p.MAX_BLOCK_SIZE),
+                    "open_timeout": timeout,
+                    "user_agent_header": None,
+                }
+                # Never pick up a proxy from the environment by accident: only an explicit one.
+                kwargs["proxy"] = proxy
+                ws = await connect(url, **kwargs)
+                first = await ws.recv()
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            raise RelayUnreachable(f"cannot reach relay: {type(exc).__name__}") from exc
+        try:
+            if isinstance(first, str):
+                raise p.FrameError(p.ErrorCode.MALFORMED, "text frame")
+            hello = p.decode_reply(first)
+            if not isinstance(hello, p.Hello):
+                raise p.FrameError(p.ErrorCode.MALFORMED, "first frame is not HELLO")
+            if not hello.min_version <= p.VERSION <= hello.max_version:
+                raise p.FrameError(p.ErrorCode.VERSION, "relay speaks no common version")
+        except p.FrameError as exc:
+            await ws.close()
+            raise RelayProtocolError(str(exc)) from exc
+        return cls(ws, hello)
+
+    @property
+    def block_size(self) -> int:
+        return self.hello.block_size
+
+    # ------------------------------------------------------------------ commands
+
+    async def ping(self) -> None:
+        await self._call(p.Ping, p.Pong)
+
+    async def create_queue(self, recipient_key: SigningKey) -> tuple[bytes, bytes]:
+        """Create a queue owned by ``recipient_key``; returns (recipient_id, sender_id)."""
+        ids = await self._call(lambda c: p.New(c, recipient_key.public_key), p.Ids)
+        return ids.recipient_id, ids.sender_id
+
+    async def subscribe(self, recipient_id: bytes, recipient_key: SigningKey) -> None:
+        payload = p.auth_payload(p.FrameType.SUB, self.hello.challenge, recipient_id)
+        sig = recipient_key.sign(payload)
+        await self._call(lambda c: p.Sub(c, recipient_id, sig), p.Ok)
+
+    async def secure(
+        self, recipient_id: bytes, recipient_key: SigningKey, sender_public_key: bytes
+    ) -> None:
+        payload = p.auth_payload(
+            p.FrameType.KEY, self.hello.challenge, recipient_id, sender_public_key
+        )
+        sig = recipient_key.sign(payload)
+        await self._call(lambda c: p.Key(c, recipient_id, sender_public_key, sig), p.Ok)
+
+    async def sender_auth(self, sender_id: bytes, sender_key: SigningKey) -> None:
+        sig = sender_key.sign(p.auth_payload(p.FrameType.SAUTH, self.hello.challenge, sender_id))
+        await self._call(lambda c: p.SAuth(c, sender_id, sig), p.Ok)
+
+    async def send(self, sender_id: bytes, body: bytes) -> None:
+        """Send one block. ``body`` must be exactly :attr:`block_size` bytes (already sealed)."""
+        if len(body) != self.block_size:
+            raise ValueError(f"body must be exactly {self.block_size} bytes")
+        await self._call(lambda c: p.Send(c, sender_id, body), p.Ok)
+
+    async def ack(self, recipient_id: bytes, msg_id: bytes) -> None:
+        await self._call(lambda c: p.Ack(c, recipient_id, msg_id), p.Ok)
+
+    async def delete_queue(self, recipient_id: bytes, recipient_key: SigningKey) -> None:
+        payload = p.auth_payload(p.FrameType.DEL, self.hello.challenge, recipient_id)
+        sig = recipient_key.sign(payload)
+        await self._call(lambda c: p.Del(c, recipient_id, sig), p.Ok)
+
+    async def next_message(self, timeout: float | None = None) -> p.Msg:
+        """Wait for the next pushed message."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self._failure is not None and self.messages.empty():
+                    raise self._failure
+                getter = asyncio.ensure_future(self.messages.get())
+                done, _ = await asyncio.wait(
+                    {getter, self._reader}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in done:
+                    return getter.result()
+                getter.cancel()
+
+    async def iter_messages(self) -> AsyncIterator[p.Msg]:
+        while True:
+            yield await self.next_message()
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+        await self._ws.close()
+        self._fail(RelayUnreachable("connection closed"))
+
+    async def __aenter__(self) -> RelayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _call(self, build: Any, want: type[R]) -> R:
+        if self._failure is not None:
+            raise self._failure
+        corr = next(self._corr) & 0xFFFFFFFF
+        frame = build(corr)
+        fut: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[corr] = fut
+        try:
+            await self._ws.send(p.encode(frame))
+            reply = await fut
+        except ConnectionClosed as exc:
+            raise RelayUnreachable("connection to relay lost") from exc
+        finally:
+            self._waiting.pop(corr, None)
+        if isinstance(reply, p.Err):
+            raise RelayRefused(reply.code)
+        if not isinstance(reply, want):
+            raise RelayProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
+        return reply
+
+    async def _read(self) -> None:
+        try:
+            async for data in self._ws:
+                if isinstance(data, str):
+                    raise p.FrameError(p.ErrorCode.MALFORMED, "text frame from relay")
+                reply = p.decode_reply(data, self.hello.block_size)
+                if isinstance(reply, p.Msg):
+                    self.messages.put_nowait(reply)
+                elif isinstance(reply, p.End):
+                    self.ended.put_nowait(reply.recipient_id)
+                elif isinstance(reply, p.Hello):
+                    raise p.FrameError(p.ErrorCode.MALFORMED, "second HELLO")
+                else:
+                    fut = self._waiting.get(reply.corr_id)
+                    if fut is None:
+                        raise p.FrameError(p.ErrorCode.MALFORMED, "reply to no command")
+                    if not fut.done():
+                        fut.set_result(reply)
+            self._fail(RelayUnreachable("relay closed the connection"))
+        except ConnectionClosed:
+            self._fail(RelayUnreachable("connection to relay lost"))
+        except p.FrameError as exc:
+            self._fail(RelayProtocolError(f"relay broke the protocol: {exc}"))
+            await self._ws.close()
+
+    def _fail(self, exc: RelayError) -> None:
+        if self._failure is None:
+            self._failure = exc
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(self._failure)
