@@ -91,7 +91,9 @@ def test_ping() -> None:
         (b"\x01\x06\x00\x00\x00\x0b" + b"s" * 16 + b"b" * (BLOCK + 1), p.ErrorCode.TOO_LARGE, 11),
     ],
 )
-def test_bad_frames_get_typed_errors_and_no_effects(data: bytes, code: p.ErrorCode, corr: int) -> None:
+def test_bad_frames_get_typed_errors_and_no_effects(
+    data: bytes, code: p.ErrorCode, corr: int
+) -> None:
     conn = make()
     out = conn.receive(data, NOW)
     assert replies(out) == [p.Err(corr, code)]
@@ -150,7 +152,8 @@ def test_delivery_window_ack_and_refill() -> None:
     rid = b"R" * 16
     fetch = subscribed(conn, key, rid)
     out = conn.complete(fetch, [msg(1), msg(2)], NOW)
-    assert [r.msg_id for r in replies(out) if isinstance(r, p.Msg)] == [msg(1).msg_id, msg(2).msg_id]
+    delivered = [r.msg_id for r in replies(out) if isinstance(r, p.Msg)]
+    assert delivered == [msg(1).msg_id, msg(2).msg_id]
     assert effects(out) == []  # window full: no fetch until an ack
     # ACK for a message never delivered here: refused, no store effect.
     out = conn.receive(p.encode(p.Ack(5, rid, b"\x09" * 16)), NOW)
@@ -159,7 +162,8 @@ def test_delivery_window_ack_and_refill() -> None:
     assert ack == core.AckMessage(6, rid, msg(1).msg_id)
     out = conn.complete(ack, True, NOW)
     assert replies(out) == [p.Ok(6)]
-    assert [e for e in effects(out) if isinstance(e, core.Fetch)][0].after_seq == 2
+    refill = next(e for e in effects(out) if isinstance(e, core.Fetch))
+    assert refill.after_seq == 2
 
 
 def test_ack_requires_subscription_on_this_connection() -> None:
