@@ -273,7 +273,9 @@ class RelayConnection:
         sub.dirty = True
         return self._maybe_fetch(recipient_id, sub, now)
 
-    def deliver_stored(self, ref: StoredRef, body: bytes, msg_id: bytes) -> list[Output]:
+    def deliver_stored(
+        self, ref: StoredRef, body: bytes, msg_id: bytes, now: float
+    ) -> list[Output]:
         """Push a message this relay process just stored, without reading it back, when safe.
 
         Safe means: the subscription has room, no fetch is outstanding or owed, and the message
@@ -294,7 +296,7 @@ class RelayConnection:
                 ref.recipient_id, sub, [StoredMessage(ref.seq, msg_id, ref.received_at, body)]
             )
         sub.dirty = True
-        return []
+        return self._maybe_fetch(ref.recipient_id, sub, now)
 
     def taken_over(self, recipient_id: bytes) -> list[Output]:
         """Another connection subscribed to this queue: drop ours and tell the client."""

@@ -235,7 +235,7 @@ class RelayServer:
     def stored(self, ref: StoredRef, body: bytes, msg_id: bytes) -> None:
         conn = self._subscribers.get(ref.recipient_id)
         if conn is not None:
-            conn.run(conn.core.deliver_stored(ref, body, msg_id))
+            conn.run(conn.core.deliver_stored(ref, body, msg_id, time.time()))
 
     async def execute(self, effect: core.Effect) -> object:
         return await execute_effect(self.store, effect)

@@ -190,13 +190,15 @@ def test_direct_delivery_only_when_nothing_can_be_missed() -> None:
     rid = b"R" * 16
     fetch = subscribed(conn, key, rid)
     conn.complete(fetch, [msg(1)], NOW)
-    # seq 3 while 2 is unseen (stored by another process): must not skip it.
-    assert conn.deliver_stored(StoredRef(rid, 3, 60), b"x" * BLOCK, b"3" * 16) == []
-    # ...and the next fetch, after 1, would pick up 2 and 3.
-    [f2] = conn.notify(rid, NOW)
+    # seq 3 while 2 is unseen (stored by another process): must not skip it, but fetch
+    # from after 1 instead, which picks up 2 and 3.
+    [f2] = conn.deliver_stored(StoredRef(rid, 3, 60), b"x" * BLOCK, b"3" * 16, NOW)
     assert isinstance(f2, core.Fetch) and f2.after_seq == 1
-    conn.complete(f2, [msg(2), msg(3)], NOW)
-    out = conn.deliver_stored(StoredRef(rid, 4, 60), b"y" * BLOCK, b"4" * 16)
+    assert conn.notify(rid, NOW) == []  # already fetching
+    [f3] = conn.complete(f2, [msg(2), msg(3)], NOW)[-1:]  # the hint owed one more fetch
+    assert isinstance(f3, core.Fetch) and f3.after_seq == 3
+    assert conn.complete(f3, [], NOW) == []
+    out = conn.deliver_stored(StoredRef(rid, 4, 60), b"y" * BLOCK, b"4" * 16, NOW)
     [pushed] = replies(out)
     assert isinstance(pushed, p.Msg) and pushed.msg_id == b"4" * 16
 
