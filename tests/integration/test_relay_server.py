@@ -1,0 +1,185 @@
+"""The relay server over real WebSockets on 127.0.0.1, in-process, with the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from kith.client.relay import RelayClient, RelayRefused
+from kith.crypto.signing import SigningKey
+from kith.protocol import relay as p
+from kith.relay.core import RelayConfig
+from kith.relay.server import RelayServer, ServerConfig
+from kith.relay.store.base import Limits
+from kith.relay.store.memory import MemoryStore
+
+BLOCK = 512
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[RelayServer]:
+    cfg = ServerConfig(
+        port=0,
+        metrics_port=0,
+        relay=RelayConfig(block_size=BLOCK, window=4, limits=Limits(max_messages=20)),
+    )
+    server = RelayServer(MemoryStore(), cfg)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def url(relay: RelayServer) -> str:
+    return f"ws://127.0.0.1:{relay.port}"
+
+
+def block(i: int) -> bytes:
+    return i.to_bytes(4, "big") * (BLOCK // 4)
+
+
+async def queue(client: RelayClient) -> tuple[SigningKey, bytes, bytes]:
+    key = SigningKey.generate()
+    rid, sid = await client.create_queue(key)
+    return key, rid, sid
+
+
+async def test_send_receive_ack_in_order_with_window(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as alice, \
+            await RelayClient.connect(url(relay)) as bob:
+        key, rid, sid = await queue(alice)
+        # Pipelined sends before anyone subscribes: more than the window of 4.
+        await asyncio.gather(*(bob.send(sid, block(i)) for i in range(10)))
+        await alice.subscribe(rid, key)
+        got = []
+        for _ in range(10):
+            m = await alice.next_message(timeout=5)
+            got.append(int.from_bytes(m.body[:4], "big"))
+            await alice.ack(rid, m.msg_id)
+        assert got == list(range(10))
+        # Acknowledged means deleted: a fresh subscription sees nothing.
+    async with await RelayClient.connect(url(relay)) as again:
+        await again.subscribe(rid, key)
+        with pytest.raises(TimeoutError):
+            await again.next_message(timeout=0.3)
+
+
+async def test_unacked_messages_are_redelivered_to_the_next_subscription(
+    relay: RelayServer,
+) -> None:
+    async with await RelayClient.connect(url(relay)) as alice:
+        key, rid, sid = await queue(alice)
+        await alice.send(sid, block(1))
+        await alice.subscribe(rid, key)
+        first = await alice.next_message(timeout=5)
+    async with await RelayClient.connect(url(relay)) as alice2:
+        await alice2.subscribe(rid, key)
+        again = await alice2.next_message(timeout=5)
+        assert again.msg_id == first.msg_id and again.body == first.body
+
+
+async def test_secured_queue_refuses_unproven_senders(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as alice, \
+            await RelayClient.connect(url(relay)) as bob, \
+            await RelayClient.connect(url(relay)) as mallory:
+        key, rid, sid = await queue(alice)
+        await mallory.send(sid, block(0))  # unsecured: anyone with the sender id may send
+        bob_key = SigningKey.generate()
+        await alice.secure(rid, key, bob_key.public_key)
+        with pytest.raises(RelayRefused) as info:
+            await mallory.send(sid, block(1))  # the same connection, after KEY: refused
+        assert info.value.code == p.ErrorCode.AUTH
+        with pytest.raises(RelayRefused):
+            await mallory.sender_auth(sid, SigningKey.generate())
+        await bob.sender_auth(sid, bob_key)
+        await bob.send(sid, block(2))
+        # A second, different KEY is refused: the owner cannot be tricked into swapping it.
+        with pytest.raises(RelayRefused):
+            await alice.secure(rid, key, SigningKey.generate().public_key)
+
+
+async def test_only_the_owner_can_subscribe_or_delete(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as alice, \
+            await RelayClient.connect(url(relay)) as mallory:
+        key, rid, sid = await queue(alice)
+        thief = SigningKey.generate()
+        for attempt in (mallory.subscribe(rid, thief), mallory.delete_queue(rid, thief)):
+            with pytest.raises(RelayRefused) as info:
+                await attempt
+            assert info.value.code == p.ErrorCode.AUTH
+        # ...and the queue still works.
+        await alice.send(sid, block(5))
+        await alice.subscribe(rid, key)
+        assert (await alice.next_message(timeout=5)).body == block(5)
+        await alice.delete_queue(rid, key)
+        with pytest.raises(RelayRefused):
+            await alice.send(sid, block(6))
+
+
+async def test_second_subscriber_takes_over(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as a1, \
+            await RelayClient.connect(url(relay)) as a2:
+        key, rid, sid = await queue(a1)
+        await a1.subscribe(rid, key)
+        await a2.subscribe(rid, key)
+        assert await asyncio.wait_for(a1.ended.get(), 5) == rid
+        await a1.send(sid, block(9))
+        assert (await a2.next_message(timeout=5)).body == block(9)
+
+
+async def test_quota_is_a_typed_refusal_and_keeps_stored_messages(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as alice:
+        key, rid, sid = await queue(alice)
+        for i in range(20):
+            await alice.send(sid, block(i))
+        with pytest.raises(RelayRefused) as info:
+            await alice.send(sid, block(99))
+        assert info.value.code == p.ErrorCode.QUOTA
+        await alice.subscribe(rid, key)
+        bodies = [(await alice.next_message(timeout=5)).body for _ in range(4)]
+        assert bodies == [block(i) for i in range(4)]
+
+
+async def test_garbage_gets_typed_errors_and_the_connection_survives(relay: RelayServer) -> None:
+    async with connect(url(relay), compression=None) as ws:
+        hello = p.decode_reply(await ws.recv())  # type: ignore[arg-type]
+        assert isinstance(hello, p.Hello) and hello.block_size == BLOCK
+        cases = [
+            (b"\x01\x06\x00\x00\x00\x01" + b"s" * 16 + b"x" * 10, p.ErrorCode.BLOCK_SIZE),
+            (b"\x09\x01\x00\x00\x00\x02", p.ErrorCode.VERSION),
+            (b"\x01", p.ErrorCode.MALFORMED),
+            (b"\x01\x03\x00\x00\x00\x04" + bytes(80), p.ErrorCode.AUTH),
+            (b"\x01\x01\x00\x00\x00\x05" + bytes(2 * BLOCK), p.ErrorCode.TOO_LARGE),
+        ]
+        for frame, code in cases:
+            await ws.send(frame)
+            reply = p.decode_reply(await ws.recv(), BLOCK)  # type: ignore[arg-type]
+            assert isinstance(reply, p.Err) and reply.code == code
+        await ws.send("text frame")
+        reply = p.decode_reply(await ws.recv(), BLOCK)  # type: ignore[arg-type]
+        assert isinstance(reply, p.Err) and reply.code == p.ErrorCode.MALFORMED
+        await ws.send(p.encode(p.Ping(77)))
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Pong(77)  # type: ignore[arg-type]
+        # Beyond twice the largest frame the WebSocket layer closes without reading.
+        await ws.send(bytes(4 * BLOCK + 200))
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_metrics_are_aggregate_only(relay: RelayServer) -> None:
+    async with await RelayClient.connect(url(relay)) as alice:
+        _key, rid, sid = await queue(alice)
+        await alice.send(sid, block(1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.metrics_port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    assert text.startswith("HTTP/1.0 200 OK")
+    assert "kith_relay_messages_stored_total 1" in text
+    assert "kith_relay_queues_created_total 1" in text
+    for secret in (rid.hex(), sid.hex(), "127.0.0.1"):
+        assert secret not in text
