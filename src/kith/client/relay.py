@@ -185,6 +185,10 @@ class RelayClient:
             raise RelayUnreachable("connection to relay lost") from exc
         finally:
             self._waiting.pop(corr, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # mark a failure set by the reader as seen
+            else:
+                fut.cancel()
         if isinstance(reply, p.Err):
             raise RelayRefused(reply.code)
         if not isinstance(reply, want):

@@ -35,6 +35,8 @@ from kith.relay.server import ServerConfig
 from kith.relay.store.base import Limits, Store
 
 STORES = ("sqlite", "memory", "redis")
+_RELAY = RelayConfig()
+_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +50,13 @@ class RelaySettings:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     max_connections: int = 20_000
-    block_size: int = RelayConfig.block_size
-    window: int = RelayConfig.window
-    quota_messages: int = Limits.max_messages
-    quota_bytes: int = Limits.max_bytes
-    ttl_days: float = Limits.ttl_seconds / 86400
-    rate_per_second: float = RelayConfig.rate_per_second
-    rate_burst: int = RelayConfig.rate_burst
+    block_size: int = _RELAY.block_size
+    window: int = _RELAY.window
+    quota_messages: int = _LIMITS.max_messages
+    quota_bytes: int = _LIMITS.max_bytes
+    ttl_days: float = _LIMITS.ttl_seconds / 86400
+    rate_per_second: float = _RELAY.rate_per_second
+    rate_burst: int = _RELAY.rate_burst
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> RelaySettings:

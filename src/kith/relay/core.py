@@ -206,6 +206,8 @@ class _Subscription:
     #: generation, bumped on re-SUB so stale fetch results are dropped
     generation: int = 0
     fetch_generation: int = 0
+    #: how many messages the outstanding fetch asked for
+    fetch_limit: int = 0
 
 
 class RelayConnection:
@@ -493,6 +495,7 @@ class RelayConnection:
         sub.fetching = True
         sub.dirty = False
         sub.fetch_generation = sub.generation
+        sub.fetch_limit = room
         return [Fetch(rid, sub.last_seq, room, _coarse(now), self.config.limits)]
 
     def _fetched(self, rid: bytes, messages: list[StoredMessage], now: float) -> list[Output]:
@@ -503,9 +506,8 @@ class RelayConnection:
             sub.fetching = False
             return self._maybe_fetch(rid, sub, now)
         sub.fetching = False
-        room = self.config.window - len(sub.inflight)
-        if len(messages) >= room:
-            # The window filled: more may be waiting behind it.
+        if len(messages) >= sub.fetch_limit:
+            # The fetch came back full: more may be waiting behind it.
             sub.dirty = True
         out = self._push(rid, sub, messages)
         out += self._maybe_fetch(rid, sub, now)

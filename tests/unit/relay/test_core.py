@@ -166,6 +166,23 @@ def test_delivery_window_ack_and_refill() -> None:
     assert refill.after_seq == 2
 
 
+def test_a_full_fetch_is_followed_by_another_even_if_acks_freed_room_meanwhile() -> None:
+    conn = make(window=4)
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    conn.complete(fetch, [msg(1), msg(2), msg(3), msg(4)], NOW)
+    [ack1] = conn.receive(p.encode(p.Ack(1, rid, msg(1).msg_id)), NOW)
+    small = effects(conn.complete(ack1, True, NOW))[-1]
+    assert isinstance(small, core.Fetch) and small.limit == 1
+    for i in (2, 3):  # more room frees up while that fetch is outstanding
+        [ack] = conn.receive(p.encode(p.Ack(i, rid, msg(i).msg_id)), NOW)
+        assert effects(conn.complete(ack, True, NOW)) == []
+    # The fetch asked for 1 and got 1: there may be more, so fetch again.
+    nxt = effects(conn.complete(small, [msg(5)], NOW))
+    assert nxt and isinstance(nxt[-1], core.Fetch) and nxt[-1].after_seq == 5
+
+
 def test_ack_requires_subscription_on_this_connection() -> None:
     conn = make()
     out = conn.receive(p.encode(p.Ack(1, b"R" * 16, b"m" * 16)), NOW)
