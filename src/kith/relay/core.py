@@ -324,7 +324,7 @@ class RelayConnection:
                 return [Reply(p.encode(p.Pong(corr)))]
             case p.New(corr, rkey):
                 rec = QueueRecord(self._random(p.ID_LEN), self._random(p.ID_LEN), rkey)
-                return [CreateQueue(corr, rec, int(now))]
+                return [CreateQueue(corr, rec, _coarse(now))]
             case p.Sub(_, rid, _) | p.Key(_, rid, _, _) | p.Del(_, rid, _):
                 return [LoadQueue(cmd, rid, by_sender=False)]
             case p.SAuth(_, sid, _):
@@ -424,6 +424,9 @@ class RelayConnection:
         self, cmd: p.Sub | p.Key | p.Del | p.SAuth, rec: QueueRecord | None, now: float
     ) -> list[Output]:
         if rec is None:
+            # Spend the same work as a real check, so the time of the refusal does not tell
+            # whether the queue exists (one error code for both, and one cost).
+            self._signed(_DUMMY_KEY, cmd.signature, p.FrameType(0x01), bytes(p.ID_LEN))
             return self._deny(cmd.corr_id)
         match cmd:
             case p.Sub(corr, rid, sig):
@@ -537,6 +540,11 @@ class RelayConnection:
             return False
         self._tokens -= 1.0
         return True
+
+
+#: A valid Ed25519 public key (RFC 8032 test 1), used only to make the refusal for an unknown
+#: queue cost one real signature verification. The outcome is ignored: the answer is AUTH.
+_DUMMY_KEY = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 
 
 def _coarse(now: float) -> int:
