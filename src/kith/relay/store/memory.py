@@ -1,0 +1,213 @@
+"""An in-memory relay store: the reference semantics of the contract, for tests and demos.
+
+It keeps everything in dicts and loses everything on exit, so it is *not* durable; otherwise
+it behaves exactly like the SQLite and Redis backends (the contract suite runs against all
+three): per-queue contiguous ``seq``, atomic quota and sender-key checks, expiry, and
+new-message hints to local watchers.
+
+Hints for a put are scheduled on the event loop (``call_soon``) rather than called inside
+``put_message``, so the caller sees the :class:`~kith.relay.store.base.StoredRef` first and can
+push the message itself; the hint that follows is then a harmless spurious one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+from kith.errors import StoreUnavailable
+from kith.relay.store._common import (
+    Watchers,
+    check_body,
+    check_count,
+    check_id,
+    expiry_cutoff,
+)
+from kith.relay.store.base import (
+    AlreadySecured,
+    DuplicateId,
+    Limits,
+    NoQueue,
+    NotAuthorized,
+    NotifyFn,
+    QueueRecord,
+    QuotaExceeded,
+    StoredMessage,
+    StoredRef,
+)
+
+
+@dataclass(slots=True)
+class _Queue:
+    record: QueueRecord
+    created_at: int
+    last_seq: int = 0
+    nbytes: int = 0
+    #: insertion order is seq order, because seqs are handed out in insertion order
+    messages: dict[bytes, StoredMessage] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """The relay store contract over plain dicts. Not durable; one process only."""
+
+    def __init__(self) -> None:
+        self._by_recipient: dict[bytes, _Queue] = {}
+        self._by_sender: dict[bytes, _Queue] = {}
+        self._watchers = Watchers()
+        self._notify: NotifyFn | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, notify: NotifyFn) -> None:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        self._notify = notify
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._watchers.clear()
+
+    def _live(self) -> asyncio.AbstractEventLoop:
+        if self._closed or self._loop is None:
+            raise StoreUnavailable("store is not running")
+        return self._loop
+
+    # ------------------------------------------------------------------ queues
+
+    async def create_queue(self, record: QueueRecord, now: int) -> None:
+        self._live()
+        check_id("recipient_id", record.recipient_id)
+        check_id("sender_id", record.sender_id)
+        if record.recipient_id in self._by_recipient or record.sender_id in self._by_sender:
+            raise DuplicateId("queue id already in use")
+        q = _Queue(record, now)
+        self._by_recipient[record.recipient_id] = q
+        self._by_sender[record.sender_id] = q
+
+    async def queue_by_recipient(self, recipient_id: bytes) -> QueueRecord | None:
+        self._live()
+        q = self._by_recipient.get(check_id("recipient_id", recipient_id))
+        return q.record if q is not None else None
+
+    async def queue_by_sender(self, sender_id: bytes) -> QueueRecord | None:
+        self._live()
+        q = self._by_sender.get(check_id("sender_id", sender_id))
+        return q.record if q is not None else None
+
+    def _queue(self, recipient_id: bytes) -> _Queue:
+        q = self._by_recipient.get(check_id("recipient_id", recipient_id))
+        if q is None:
+            raise NoQueue("no such queue")
+        return q
+
+    async def secure_queue(self, recipient_id: bytes, sender_key: bytes) -> None:
+        self._live()
+        check_body(sender_key)
+        q = self._queue(recipient_id)
+        if q.record.sender_key is None:
+            q.record = replace(q.record, sender_key=sender_key)
+        elif q.record.sender_key != sender_key:
+            raise AlreadySecured("queue already has another sender key")
+
+    async def delete_queue(self, recipient_id: bytes) -> None:
+        self._live()
+        q = self._queue(recipient_id)
+        del self._by_recipient[q.record.recipient_id]
+        del self._by_sender[q.record.sender_id]
+        q.messages.clear()
+
+    # ------------------------------------------------------------------ messages
+
+    async def put_message(
+        self,
+        sender_id: bytes,
+        msg_id: bytes,
+        body: bytes,
+        now: int,
+        limits: Limits,
+        sender_key: bytes | None = None,
+    ) -> StoredRef:
+        loop = self._live()
+        check_id("msg_id", msg_id)
+        check_body(body)
+        q = self._by_sender.get(check_id("sender_id", sender_id))
+        if q is None:
+            raise NoQueue("no such queue")
+        if q.record.sender_key is not None and sender_key != q.record.sender_key:
+            raise NotAuthorized("queue is secured")
+        if len(q.messages) + 1 > limits.max_messages or q.nbytes + len(body) > limits.max_bytes:
+            raise QuotaExceeded("queue is full")
+        if msg_id in q.messages:
+            raise DuplicateId("message id already in this queue")
+        q.last_seq += 1
+        q.nbytes += len(body)
+        q.messages[msg_id] = StoredMessage(q.last_seq, msg_id, now, body)
+        rid = q.record.recipient_id
+        if rid in self._watchers:
+            loop.call_soon(self._hint, rid)
+        return StoredRef(rid, q.last_seq, now)
+
+    def _hint(self, recipient_id: bytes) -> None:
+        if self._notify is not None and not self._closed:
+            self._notify(recipient_id)
+
+    async def pending(
+        self, recipient_id: bytes, after_seq: int, limit: int, now: int, limits: Limits
+    ) -> list[StoredMessage]:
+        self._live()
+        check_count("limit", limit)
+        q = self._queue(recipient_id)
+        cutoff = expiry_cutoff(now, limits)
+        out: list[StoredMessage] = []
+        for m in q.messages.values():
+            if len(out) >= limit:
+                break
+            if m.seq > after_seq and m.received_at >= cutoff:
+                out.append(m)
+        return out
+
+    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
+        self._live()
+        check_id("msg_id", msg_id)
+        q = self._queue(recipient_id)
+        m = q.messages.pop(msg_id, None)
+        if m is None:
+            return False
+        q.nbytes -= len(m.body)
+        return True
+
+    async def expire(self, now: int, limits: Limits) -> int:
+        self._live()
+        cutoff = expiry_cutoff(now, limits)
+        n = 0
+        for q in self._by_recipient.values():
+            old = [m for m in q.messages.values() if m.received_at < cutoff]
+            for m in old:
+                del q.messages[m.msg_id]
+                q.nbytes -= len(m.body)
+            n += len(old)
+        return n
+
+    # ------------------------------------------------------------------ hints and metrics
+
+    async def watch(self, recipient_id: bytes) -> None:
+        """Register interest locally. Does not consult the queues: a hint for an id that has
+        no queue is harmless, and a subscriber may outlive its queue by a moment."""
+        self._live()
+        self._watchers.add(check_id("recipient_id", recipient_id))
+
+    async def unwatch(self, recipient_id: bytes) -> None:
+        self._live()
+        self._watchers.remove(check_id("recipient_id", recipient_id))
+
+    async def stats(self) -> dict[str, int]:
+        self._live()
+        qs = self._by_recipient.values()
+        return {
+            "queues": len(self._by_recipient),
+            "messages": sum(len(q.messages) for q in qs),
+            "bytes": sum(q.nbytes for q in qs),
+        }

@@ -1,0 +1,579 @@
+"""The relay's embedded default store: one SQLite file, one writer thread, batched commits.
+
+Theory of operation
+-------------------
+The relay answers ``SEND`` and ``ACK`` only after :meth:`SQLiteStore.put_message` and
+:meth:`SQLiteStore.ack` return, so both must be *durable* by then: a ``kill -9`` (or a power
+cut) right after the answer must not lose an accepted message nor resurrect an acknowledged
+one. Committing each call separately would cost one fsync per message, so writes are batched:
+
+- Every write is a small function of the connection (an *op*). A caller puts its op on a
+  thread-safe queue synchronously, before its first ``await``, so ops run in call order (and
+  per-queue message order is call order, as the contract requires), then awaits a future.
+- One writer thread owns the only write connection. It takes everything queued, runs it in
+  one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction, and only after ``COMMIT`` returns does it
+  resolve the batch's futures (one wake-up of the event loop per batch, not per op).
+- An op that refuses (unknown queue, quota, wrong sender key, duplicate id) raises a
+  :class:`~kith.errors.StoreError` *before* it writes anything, so the rest of its batch
+  commits unaffected. An op that fails unexpectedly is taken out and the batch re-run without
+  it. If SQLite itself fails (I/O error, disk full, locked), the batch is rolled back and every
+  caller in it gets :class:`~kith.errors.StoreUnavailable`: never a false success.
+
+Reads use a second connection on a single reader thread. WAL mode lets them run while the
+writer commits, and because a future resolves only after ``COMMIT``, a read issued after an
+awaited write always sees it.
+
+Durability choice: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode ``NORMAL``
+already survives a *process* crash (a committed transaction is in the WAL file in the OS page
+cache before ``COMMIT`` returns), but not an OS crash or power loss, which could silently drop
+the last messages the relay had acknowledged. ``FULL`` fsyncs the WAL at every commit; batching
+makes that one fsync per batch, so the stronger guarantee costs little throughput.
+
+Deletion: ``secure_delete=ON`` makes SQLite overwrite deleted rows and freed pages with zeros,
+so acknowledged ciphertext does not linger in the database file. Older page images can remain
+in the WAL file until it is recycled (it is truncated to ``journal_size_limit`` after
+checkpoints and to zero on close); the filesystem may keep freed blocks. Operators should
+still run the relay on an encrypted disk. The database holds nothing but ciphertext, ids and
+public keys, hence stdlib ``sqlite3`` and no SQLCipher.
+
+Files: the database and its ``-wal``/``-shm`` companions are created mode 0600 (SQLite gives
+the companions the database's own mode) and an existing database is tightened to 0600. A
+``-lock`` file held with ``flock`` keeps a second relay process off the same database: it
+would neither see this process's watchers nor be seen by them.
+
+Schema: ``sqlite_schema_v1.sql`` (package data) creates version 1. Opening a database whose
+``schema_version`` is newer than this code knows fails with :class:`SchemaError` and changes
+nothing; an older one is brought up to date by applying ``sqlite_upgrade_vN_to_vN+1.sql`` files
+in order, each in its own transaction, before the store accepts any call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.resources
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from kith.errors import StoreError, StoreUnavailable
+from kith.relay.store._common import (
+    Watchers,
+    check_body,
+    check_count,
+    check_id,
+    expiry_cutoff,
+)
+from kith.relay.store.base import (
+    AlreadySecured,
+    DuplicateId,
+    Limits,
+    NoQueue,
+    NotAuthorized,
+    NotifyFn,
+    QueueRecord,
+    QuotaExceeded,
+    StoredMessage,
+    StoredRef,
+)
+
+T = TypeVar("T")
+
+#: The schema version this code writes and reads.
+SCHEMA_VERSION: Final = 1
+
+#: Upper bound on ops per transaction: keeps one commit's latency bounded under a flood.
+DEFAULT_BATCH_MAX: Final = 4096
+
+#: Rows one expire op deletes before letting queued puts and acks through.
+_EXPIRE_CHUNK: Final = 2000
+
+_FILE_MODE: Final = 0o600
+
+
+class SchemaError(StoreError):
+    """The database file is not one this version of kith can use (newer, or not kith's)."""
+
+
+class StoreInUse(StoreError):
+    """Another process already has this database open as a relay store."""
+
+
+_Op = Callable[[sqlite3.Connection], Any]
+_Job = tuple[_Op, "asyncio.Future[Any]"]
+_Outcome = tuple[bool, Any]
+_STOP: Final = object()
+
+
+def _schema_sql(name: str) -> str | None:
+    res = importlib.resources.files("kith.relay.store").joinpath(name)
+    return res.read_text(encoding="utf-8") if res.is_file() else None
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    err = StoreUnavailable(f"sqlite store failed: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class SQLiteStore:
+    """The relay store contract on one SQLite file. One relay process per file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, batch_max: int = DEFAULT_BATCH_MAX):
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self._path = Path(path)
+        self._batch_max = batch_max
+        self._watchers = Watchers()
+        self._notify: NotifyFn | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ops: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
+        self._running = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, notify: NotifyFn) -> None:
+        if self._closed or self._running:
+            raise StoreUnavailable("store already started or closed")
+        self._loop = asyncio.get_running_loop()
+        self._notify = notify
+        try:
+            await asyncio.to_thread(self._open)
+        except BaseException:
+            await asyncio.to_thread(self._release)
+            raise
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kith-sqlite-read")
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(self._wconn,), name="kith-sqlite-write", daemon=True
+        )
+        self._writer.start()
+        self._running = True
+
+    async def close(self) -> None:
+        """Finish every write already queued, then release files. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._running = False
+        self._watchers.clear()
+        if self._reader is not None:
+            self._reader.shutdown(wait=False)
+            await asyncio.to_thread(self._reader.shutdown, wait=True)
+        if self._writer is not None:
+            self._ops.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+        await asyncio.to_thread(self._release)
+
+    def _open(self) -> None:
+        path = self._path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            os.fchmod(fd, _FILE_MODE)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{path}{suffix}", _FILE_MODE)
+        self._lock_fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreInUse(f"{path} is already open in another relay process") from None
+
+        try:
+            w = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._wconn = w
+            if w.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise StoreUnavailable("sqlite refused WAL mode")
+            w.execute("PRAGMA synchronous=FULL")
+            w.execute("PRAGMA secure_delete=ON")
+            if w.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+                # Fail closed, as the relay promises that delivered ciphertext is erased.
+                raise StoreUnavailable("sqlite cannot delete securely")
+            w.execute("PRAGMA foreign_keys=ON")
+            w.execute("PRAGMA journal_size_limit=16777216")
+            w.execute("PRAGMA cache_size=-16000")
+            self._migrate(w)
+            r = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._rconn = r
+            r.execute("PRAGMA query_only=ON")
+            r.execute("PRAGMA cache_size=-16000")
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+            raise SchemaError(f"{path} is not a usable SQLite database: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        tables = {
+            row[0]
+            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "schema_version" not in tables:
+            if tables:
+                raise SchemaError("database exists but is not a kith relay store")
+            version = 0
+        else:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            if version == 0:
+                raise SchemaError("kith relay store has no schema version")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"relay database has schema v{version}, newer than this kith understands "
+                f"(v{SCHEMA_VERSION}); upgrade kith or use the matching release"
+            )
+        while version < SCHEMA_VERSION:
+            name = (
+                f"sqlite_schema_v{SCHEMA_VERSION}.sql"
+                if version == 0
+                else f"sqlite_upgrade_v{version}_to_v{version + 1}.sql"
+            )
+            script = _schema_sql(name)
+            if script is None:
+                raise SchemaError(f"no upgrade path from relay schema v{version} ({name})")
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            version = SCHEMA_VERSION if version == 0 else version + 1
+
+    def _release(self) -> None:
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._rconn = self._wconn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ the writer
+
+    def _submit(self, op: _Op) -> asyncio.Future[Any]:
+        """Queue ``op`` now (synchronously: this fixes its order) and return its future."""
+        if not self._running or self._loop is None:
+            raise StoreUnavailable("store is not running")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._ops.put((op, fut))
+        return fut
+
+    def _writer_main(self, conn: sqlite3.Connection) -> None:
+        jobs: list[_Job] = []
+        try:
+            while True:
+                item = self._ops.get()
+                stop = item is _STOP
+                if not stop:
+                    jobs.append(item)  # type: ignore[arg-type]
+                while not stop and len(jobs) < self._batch_max:
+                    try:
+                        item = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        jobs.append(item)  # type: ignore[arg-type]
+                if jobs:
+                    self._deliver(jobs, self._run_batch(conn, jobs))
+                    jobs = []
+                if stop:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    return
+        except BaseException as exc:
+            # The writer itself broke: fail everything that is waiting on it, and refuse more.
+            self._running = False
+            while True:
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    jobs.append(item)  # type: ignore[arg-type]
+            if jobs:
+                self._deliver(jobs, [(False, _unavailable(exc)) for _ in jobs])
+            raise
+
+    def _run_batch(self, conn: sqlite3.Connection, jobs: Sequence[_Job]) -> list[_Outcome]:
+        """Run ``jobs`` in one transaction; return one (ok, value-or-exception) per job."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes: list[_Outcome] = []
+            for i, (op, _) in enumerate(jobs):
+                try:
+                    outcomes.append((True, op(conn)))
+                except StoreError as exc:  # refused before writing: the batch goes on
+                    outcomes.append((False, exc))
+                except sqlite3.OperationalError:
+                    raise  # the database itself is failing: handled below for all
+                except Exception as exc:  # noqa: BLE001 -- a bug in one op must not sink the others
+                    conn.execute("ROLLBACK")
+                    rest = self._run_batch(conn, [*jobs[:i], *jobs[i + 1 :]])
+                    rest.insert(i, (False, exc))
+                    return rest
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return [(False, _unavailable(exc)) for _ in jobs]
+        return outcomes
+
+    def _deliver(self, jobs: Sequence[_Job], outcomes: Sequence[_Outcome]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        futs = [fut for _, fut in jobs]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, futs, list(outcomes))
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._submit(op)
+        return result
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._running or self._loop is None or self._reader is None:
+            raise StoreUnavailable("store is not running")
+        conn = self._rconn
+
+        def run() -> T:
+            assert conn is not None  # noqa: S101 -- set whenever the store is running
+            try:
+                return op(conn)
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+
+        try:
+            return await self._loop.run_in_executor(self._reader, run)
+        except RuntimeError as exc:  # executor shut down by close()
+            raise StoreUnavailable("store is closed") from exc
+
+    # ------------------------------------------------------------------ queues
+
+    async def create_queue(self, record: QueueRecord, now: int) -> None:
+        rid = check_id("recipient_id", record.recipient_id)
+        sid = check_id("sender_id", record.sender_id)
+        rkey, skey = check_body(record.recipient_key), record.sender_key
+
+        def op(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO queues (recipient_id, sender_id, recipient_key, sender_key,"
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
+                    (rid, sid, rkey, skey, now),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateId("queue id already in use") from None
+
+        await self._write(op)
+
+    async def queue_by_recipient(self, recipient_id: bytes) -> QueueRecord | None:
+        rid = check_id("recipient_id", recipient_id)
+        return await self._read(lambda c: _record(c, "recipient_id", rid))
+
+    async def queue_by_sender(self, sender_id: bytes) -> QueueRecord | None:
+        sid = check_id("sender_id", sender_id)
+        return await self._read(lambda c: _record(c, "sender_id", sid))
+
+    async def secure_queue(self, recipient_id: bytes, sender_key: bytes) -> None:
+        rid = check_id("recipient_id", recipient_id)
+        key = check_body(sender_key)
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT sender_key FROM queues WHERE recipient_id = ?", (rid,)
+            ).fetchone()
+            if row is None:
+                raise NoQueue("no such queue")
+            if row[0] is None:
+                conn.execute("UPDATE queues SET sender_key = ? WHERE recipient_id = ?", (key, rid))
+            elif bytes(row[0]) != key:
+                raise AlreadySecured("queue already has another sender key")
+
+        await self._write(op)
+
+    async def delete_queue(self, recipient_id: bytes) -> None:
+        rid = check_id("recipient_id", recipient_id)
+
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM queues WHERE recipient_id = ?", (rid,)).rowcount == 0:
+                raise NoQueue("no such queue")
+
+        await self._write(op)
+
+    # ------------------------------------------------------------------ messages
+
+    async def put_message(
+        self,
+        sender_id: bytes,
+        msg_id: bytes,
+        body: bytes,
+        now: int,
+        limits: Limits,
+        sender_key: bytes | None = None,
+    ) -> StoredRef:
+        sid = check_id("sender_id", sender_id)
+        mid = check_id("msg_id", msg_id)
+        data = check_body(body)
+        size = len(data)
+        max_messages, max_bytes = limits.max_messages, limits.max_bytes
+
+        def op(conn: sqlite3.Connection) -> StoredRef:
+            row = conn.execute(
+                "SELECT recipient_id, sender_key, last_seq, msg_count, msg_bytes"
+                " FROM queues WHERE sender_id = ?",
+                (sid,),
+            ).fetchone()
+            if row is None:
+                raise NoQueue("no such queue")
+            rid, skey, last_seq, count, nbytes = row
+            if skey is not None and sender_key != bytes(skey):
+                raise NotAuthorized("queue is secured")
+            if count + 1 > max_messages or nbytes + size > max_bytes:
+                raise QuotaExceeded("queue is full")
+            seq = last_seq + 1
+            try:
+                conn.execute(
+                    "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (rid, seq, mid, now, data),
+                )
+            except sqlite3.IntegrityError as exc:
+                if "msg_id" in str(exc):
+                    raise DuplicateId("message id already in this queue") from None
+                raise
+            return StoredRef(bytes(rid), seq, now)
+
+        ref: StoredRef = await self._submit(op)
+        if ref.recipient_id in self._watchers and self._loop is not None:
+            self._loop.call_soon(self._hint, ref.recipient_id)
+        return ref
+
+    def _hint(self, recipient_id: bytes) -> None:
+        if self._notify is not None and self._running:
+            self._notify(recipient_id)
+
+    async def pending(
+        self, recipient_id: bytes, after_seq: int, limit: int, now: int, limits: Limits
+    ) -> list[StoredMessage]:
+        rid = check_id("recipient_id", recipient_id)
+        check_count("limit", limit)
+        cutoff = expiry_cutoff(now, limits)
+
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                "SELECT seq, msg_id, received_at, body FROM messages"
+                " WHERE recipient_id = ? AND seq > ? AND received_at >= ?"
+                " ORDER BY seq LIMIT ?",
+                (rid, after_seq, cutoff, limit),
+            ).fetchall()
+            if not rows and not _exists(conn, rid):
+                raise NoQueue("no such queue")
+            return [StoredMessage(s, bytes(m), t, bytes(b)) for s, m, t, b in rows]
+
+        return await self._read(op)
+
+    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
+        rid = check_id("recipient_id", recipient_id)
+        mid = check_id("msg_id", msg_id)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ?", (rid, mid)
+            )
+            if cur.rowcount:
+                return True
+            if not _exists(conn, rid):
+                raise NoQueue("no such queue")
+            return False
+
+        result: bool = await self._submit(op)
+        return result
+
+    async def expire(self, now: int, limits: Limits) -> int:
+        """Delete expired messages in chunks, so puts and acks are not stalled behind it."""
+        cutoff = expiry_cutoff(now, limits)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM messages WHERE rowid IN"
+                " (SELECT rowid FROM messages WHERE received_at < ? LIMIT ?)",
+                (cutoff, _EXPIRE_CHUNK),
+            ).rowcount
+
+        total = 0
+        while True:
+            n: int = await self._submit(op)
+            total += n
+            if n < _EXPIRE_CHUNK:
+                return total
+
+    # ------------------------------------------------------------------ hints and metrics
+
+    async def watch(self, recipient_id: bytes) -> None:
+        """Register interest locally; see :meth:`kith.relay.store.memory.MemoryStore.watch`."""
+        if not self._running:
+            raise StoreUnavailable("store is not running")
+        self._watchers.add(check_id("recipient_id", recipient_id))
+
+    async def unwatch(self, recipient_id: bytes) -> None:
+        if not self._running:
+            raise StoreUnavailable("store is not running")
+        self._watchers.remove(check_id("recipient_id", recipient_id))
+
+    async def stats(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            q, m, b = conn.execute(
+                "SELECT count(*), coalesce(sum(msg_count), 0), coalesce(sum(msg_bytes), 0)"
+                " FROM queues"
+            ).fetchone()
+            return {"queues": q, "messages": m, "bytes": b}
+
+        return await self._read(op)
+
+
+def _resolve(futs: list[asyncio.Future[Any]], outcomes: list[_Outcome]) -> None:
+    for fut, (ok, value) in zip(futs, outcomes, strict=True):
+        if fut.done():  # the caller was cancelled; the op still ran (or not) as committed
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _exists(conn: sqlite3.Connection, rid: bytes) -> bool:
+    row = conn.execute("SELECT 1 FROM queues WHERE recipient_id = ?", (rid,)).fetchone()
+    return row is not None
+
+
+_RECORD_SQL: Final = {
+    "recipient_id": "SELECT recipient_id, sender_id, recipient_key, sender_key FROM queues"
+    " WHERE recipient_id = ?",
+    "sender_id": "SELECT recipient_id, sender_id, recipient_key, sender_key FROM queues"
+    " WHERE sender_id = ?",
+}
+
+
+def _record(conn: sqlite3.Connection, column: str, value: bytes) -> QueueRecord | None:
+    row = conn.execute(_RECORD_SQL[column], (value,)).fetchone()
+    if row is None:
+        return None
+    rid, sid, rkey, skey = row
+    return QueueRecord(bytes(rid), bytes(sid), bytes(rkey), None if skey is None else bytes(skey))
