@@ -1,0 +1,538 @@
+"""The relay store contract (kith.relay.store.base), run against memory, SQLite and Redis.
+
+Each test states one promise of the contract and tries to break it the way a careless or
+hostile caller would: wrong ids, full queues, unsecured sends to secured queues, expired
+messages, double acks. Refusals must change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from kith.errors import StoreUnavailable
+from kith.relay.store.base import (
+    AlreadySecured,
+    DuplicateId,
+    Limits,
+    NoQueue,
+    NotAuthorized,
+    QueueRecord,
+    QuotaExceeded,
+    Store,
+)
+
+from .conftest import Hints, StoreFactory, new_record
+
+NOW = 1_700_000_000
+LIMITS = Limits()
+
+
+def mid() -> bytes:
+    return os.urandom(16)
+
+
+async def fill(store: Store, rec: QueueRecord, n: int, *, now: int = NOW) -> list[bytes]:
+    ids = [mid() for _ in range(n)]
+    for i, m in enumerate(ids):
+        await store.put_message(rec.sender_id, m, b"body %d" % i, now, LIMITS)
+    return ids
+
+
+async def snapshot(store: Store, rec: QueueRecord) -> tuple[object, ...]:
+    """Everything observable about one queue and the store as a whole."""
+    return (
+        await store.queue_by_recipient(rec.recipient_id),
+        await store.queue_by_sender(rec.sender_id),
+        await store.pending(rec.recipient_id, 0, 10_000, NOW, LIMITS),
+        await store.stats(),
+    )
+
+
+# ---------------------------------------------------------------------------- queues
+
+
+async def test_create_and_look_up_by_either_id(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    assert await store.queue_by_recipient(rec.recipient_id) == rec
+    assert await store.queue_by_sender(rec.sender_id) == rec
+    # The two ids live in separate namespaces: neither finds the queue through the other.
+    assert await store.queue_by_recipient(rec.sender_id) is None
+    assert await store.queue_by_sender(rec.recipient_id) is None
+    assert await store.queue_by_recipient(os.urandom(16)) is None
+
+
+async def test_create_keeps_a_preset_sender_key(store: Store) -> None:
+    rec = new_record(sender_key=os.urandom(32))
+    await store.create_queue(rec, NOW)
+    assert await store.queue_by_sender(rec.sender_id) == rec
+
+
+@pytest.mark.parametrize("clash", ["recipient", "sender"])
+async def test_duplicate_ids_are_refused_and_change_nothing(store: Store, clash: str) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await fill(store, rec, 2)
+    before = await snapshot(store, rec)
+    other = new_record()
+    dup = QueueRecord(
+        rec.recipient_id if clash == "recipient" else other.recipient_id,
+        rec.sender_id if clash == "sender" else other.sender_id,
+        os.urandom(32),
+    )
+    with pytest.raises(DuplicateId):
+        await store.create_queue(dup, NOW)
+    assert await snapshot(store, rec) == before
+    assert await store.queue_by_recipient(other.recipient_id) is None
+    assert await store.queue_by_sender(other.sender_id) is None
+
+
+async def test_secure_once_same_key_again_is_a_no_op_other_key_refused(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    key, other = os.urandom(32), os.urandom(32)
+    await store.secure_queue(rec.recipient_id, key)
+    secured = await store.queue_by_recipient(rec.recipient_id)
+    assert secured is not None and secured.sender_key == key
+    await store.secure_queue(rec.recipient_id, key)
+    with pytest.raises(AlreadySecured):
+        await store.secure_queue(rec.recipient_id, other)
+    assert await store.queue_by_sender(rec.sender_id) == secured
+
+
+async def test_delete_removes_the_queue_and_every_message(store: Store) -> None:
+    rec, keep = new_record(), new_record()
+    await store.create_queue(rec, NOW)
+    await store.create_queue(keep, NOW)
+    await fill(store, rec, 3)
+    await fill(store, keep, 1)
+    await store.delete_queue(rec.recipient_id)
+    assert await store.queue_by_recipient(rec.recipient_id) is None
+    assert await store.queue_by_sender(rec.sender_id) is None
+    with pytest.raises(NoQueue):
+        await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    with pytest.raises(NoQueue):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    with pytest.raises(NoQueue):
+        await store.delete_queue(rec.recipient_id)
+    assert len(await store.pending(keep.recipient_id, 0, 10, NOW, LIMITS)) == 1
+    assert await store.stats() == {"queues": 1, "messages": 1, "bytes": len(b"body 0")}
+    # The ids are free again (a recreated queue starts from scratch, not from the old one).
+    await store.create_queue(rec, NOW)
+    assert await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS) == []
+    ref = await store.put_message(rec.sender_id, mid(), b"y", NOW, LIMITS)
+    assert ref.seq == 1
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+async def test_put_returns_where_the_message_went_and_pending_returns_it(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    m = mid()
+    ref = await store.put_message(rec.sender_id, m, b"\x00ciphertext\xff", NOW + 60, LIMITS)
+    assert (ref.recipient_id, ref.seq, ref.received_at) == (rec.recipient_id, 1, NOW + 60)
+    [got] = await store.pending(rec.recipient_id, 0, 10, NOW + 60, LIMITS)
+    assert (got.seq, got.msg_id, got.received_at, got.body) == (
+        1, m, NOW + 60, b"\x00ciphertext\xff"
+    )
+
+
+async def test_pending_is_in_put_order_with_contiguous_seqs(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    ids = await fill(store, rec, 12)
+    got = await store.pending(rec.recipient_id, 0, 100, NOW, LIMITS)
+    assert [m.msg_id for m in got] == ids
+    assert [m.seq for m in got] == list(range(1, 13))
+    assert [m.body for m in got] == [b"body %d" % i for i in range(12)]
+
+
+async def test_after_seq_pages_through_a_queue(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    ids = await fill(store, rec, 7)
+    seen: list[bytes] = []
+    after = 0
+    pages = 0
+    while page := await store.pending(rec.recipient_id, after, 3, NOW, LIMITS):
+        assert len(page) <= 3
+        seen += [m.msg_id for m in page]
+        after = page[-1].seq
+        pages += 1
+    assert seen == ids
+    assert pages == 3
+    assert await store.pending(rec.recipient_id, 0, 0, NOW, LIMITS) == []
+
+
+async def test_seqs_are_never_reused_after_acks(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    ids = await fill(store, rec, 3)
+    for m in ids:
+        assert await store.ack(rec.recipient_id, m)
+    ref = await store.put_message(rec.sender_id, mid(), b"later", NOW, LIMITS)
+    assert ref.seq == 4
+    # A subscriber that has seen up to seq 3 must still find the new message.
+    [got] = await store.pending(rec.recipient_id, 3, 10, NOW, LIMITS)
+    assert got.seq == 4
+
+
+async def test_concurrent_puts_keep_call_order_per_queue(store: Store) -> None:
+    queues = [new_record() for _ in range(4)]
+    for rec in queues:
+        await store.create_queue(rec, NOW)
+    calls = [(queues[i % 4], mid(), b"%d" % i) for i in range(200)]
+    refs = await asyncio.gather(
+        *(store.put_message(r.sender_id, m, b, NOW, LIMITS) for r, m, b in calls)
+    )
+    for rec in queues:
+        expected = [m for r, m, _ in calls if r is rec]
+        got = await store.pending(rec.recipient_id, 0, 1000, NOW, LIMITS)
+        assert [m.msg_id for m in got] == expected
+        assert [m.seq for m in got] == list(range(1, 51))
+    for ref, (rec, _, _) in zip(refs, calls, strict=True):
+        assert ref.recipient_id == rec.recipient_id
+
+
+async def test_duplicate_message_id_in_one_queue_is_refused(store: Store) -> None:
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    m = mid()
+    await store.put_message(a.sender_id, m, b"first", NOW, LIMITS)
+    before = await snapshot(store, a)
+    with pytest.raises(DuplicateId):
+        await store.put_message(a.sender_id, m, b"second", NOW, LIMITS)
+    assert await snapshot(store, a) == before
+    # The same id in another queue is unrelated.
+    assert (await store.put_message(b.sender_id, m, b"other", NOW, LIMITS)).seq == 1
+
+
+# ---------------------------------------------------------------------------- quotas
+
+
+async def test_quota_by_count_refuses_and_stores_nothing(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(max_messages=3)
+    ids = [mid() for _ in range(3)]
+    for m in ids:
+        await store.put_message(rec.sender_id, m, b"x", NOW, limits)
+    before = await snapshot(store, rec)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, limits)
+    assert await snapshot(store, rec) == before
+    # Acknowledging frees room, and the refused put did not use up a seq.
+    assert await store.ack(rec.recipient_id, ids[0])
+    ref = await store.put_message(rec.sender_id, mid(), b"x", NOW, limits)
+    assert ref.seq == 4
+
+
+async def test_quota_by_bytes_refuses_and_stores_nothing(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(max_bytes=100)
+    await store.put_message(rec.sender_id, mid(), b"a" * 60, NOW, limits)
+    before = await snapshot(store, rec)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"b" * 41, NOW, limits)
+    assert await snapshot(store, rec) == before
+    await store.put_message(rec.sender_id, mid(), b"c" * 40, NOW, limits)  # exactly full
+    assert (await store.stats())["bytes"] == 100
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"d", NOW, limits)
+
+
+async def test_quota_is_per_queue(store: Store) -> None:
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    limits = Limits(max_messages=1)
+    await store.put_message(a.sender_id, mid(), b"x", NOW, limits)
+    await store.put_message(b.sender_id, mid(), b"x", NOW, limits)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(a.sender_id, mid(), b"x", NOW, limits)
+
+
+async def test_concurrent_puts_never_exceed_the_quota(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(max_messages=20)
+    results = await asyncio.gather(
+        *(store.put_message(rec.sender_id, mid(), b"x", NOW, limits) for _ in range(60)),
+        return_exceptions=True,
+    )
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(stored) == 20 and len(refused) == 40
+    assert sorted(r.seq for r in stored) == list(range(1, 21))
+    assert len(await store.pending(rec.recipient_id, 0, 100, NOW, limits)) == 20
+
+
+# ---------------------------------------------------------------------------- sender keys
+
+
+async def test_secured_queue_refuses_sends_without_its_key(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    key = os.urandom(32)
+    await store.secure_queue(rec.recipient_id, key)
+    before = await snapshot(store, rec)
+    with pytest.raises(NotAuthorized):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    with pytest.raises(NotAuthorized):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS, os.urandom(32))
+    assert await snapshot(store, rec) == before
+    ref = await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS, key)
+    assert ref.seq == 1
+
+
+async def test_securing_takes_effect_for_the_next_put(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    # Unsecured: any sender key (or none) is accepted.
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS, os.urandom(32))
+    await store.secure_queue(rec.recipient_id, os.urandom(32))
+    with pytest.raises(NotAuthorized):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+
+
+# ---------------------------------------------------------------------------- expiry
+
+
+async def test_pending_hides_expired_messages(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(ttl_seconds=100)
+    old, young = mid(), mid()
+    await store.put_message(rec.sender_id, old, b"old", NOW, limits)
+    await store.put_message(rec.sender_id, young, b"young", NOW + 50, limits)
+    # Exactly ttl old is still deliverable; one second more is not.
+    assert len(await store.pending(rec.recipient_id, 0, 10, NOW + 100, limits)) == 2
+    got = await store.pending(rec.recipient_id, 0, 10, NOW + 101, limits)
+    assert [m.msg_id for m in got] == [young]
+    # A limit counts deliverable messages, not expired ones skipped on the way.
+    got = await store.pending(rec.recipient_id, 0, 1, NOW + 101, limits)
+    assert [m.msg_id for m in got] == [young]
+
+
+async def test_expire_deletes_old_messages_only(store: Store) -> None:
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    limits = Limits(ttl_seconds=100)
+    await store.put_message(a.sender_id, mid(), b"old-a", NOW, limits)
+    await store.put_message(b.sender_id, mid(), b"old-b", NOW, limits)
+    keep = mid()
+    await store.put_message(a.sender_id, keep, b"young", NOW + 90, limits)
+    assert await store.expire(NOW + 100, limits) == 0
+    assert await store.expire(NOW + 150, limits) == 2
+    assert await store.expire(NOW + 150, limits) == 0
+    assert await store.stats() == {"queues": 2, "messages": 1, "bytes": len(b"young")}
+    # Deleted, not just hidden: visible again from an earlier "now" would mean it is still there.
+    got = await store.pending(a.recipient_id, 0, 10, NOW, limits)
+    assert [m.msg_id for m in got] == [keep]
+    assert await store.pending(b.recipient_id, 0, 10, NOW, limits) == []
+
+
+async def test_expire_frees_quota(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(max_messages=2, ttl_seconds=100)
+    for _ in range(2):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, limits)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW + 200, limits)
+    assert await store.expire(NOW + 200, limits) == 2
+    ref = await store.put_message(rec.sender_id, mid(), b"x", NOW + 200, limits)
+    assert ref.seq == 3
+
+
+async def test_expire_handles_more_than_one_batch(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    limits = Limits(max_messages=5000, ttl_seconds=10)
+    await asyncio.gather(
+        *(store.put_message(rec.sender_id, mid(), b"x", NOW, limits) for _ in range(2100))
+    )
+    assert await store.expire(NOW + 11, limits) == 2100
+    assert (await store.stats())["messages"] == 0
+
+
+# ---------------------------------------------------------------------------- acks
+
+
+async def test_ack_deletes_one_message_and_reports_whether_it_was_there(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    ids = await fill(store, rec, 3)
+    assert await store.ack(rec.recipient_id, ids[1]) is True
+    assert await store.ack(rec.recipient_id, ids[1]) is False
+    assert await store.ack(rec.recipient_id, mid()) is False
+    got = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    assert [m.msg_id for m in got] == [ids[0], ids[2]]
+    assert (await store.stats())["messages"] == 2
+
+
+async def test_ack_only_touches_its_own_queue(store: Store) -> None:
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    [m] = await fill(store, a, 1)
+    assert await store.ack(b.recipient_id, m) is False
+    assert len(await store.pending(a.recipient_id, 0, 10, NOW, LIMITS)) == 1
+
+
+# ---------------------------------------------------------------------------- bad ids
+
+
+async def test_unknown_ids_raise_no_queue_and_change_nothing(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await fill(store, rec, 2)
+    before = await snapshot(store, rec)
+    ghost = os.urandom(16)
+    with pytest.raises(NoQueue):
+        await store.put_message(ghost, mid(), b"x", NOW, LIMITS)
+    with pytest.raises(NoQueue):
+        await store.pending(ghost, 0, 10, NOW, LIMITS)
+    with pytest.raises(NoQueue):
+        await store.pending(ghost, 0, 0, NOW, LIMITS)
+    with pytest.raises(NoQueue):
+        await store.ack(ghost, mid())
+    with pytest.raises(NoQueue):
+        await store.secure_queue(ghost, os.urandom(32))
+    with pytest.raises(NoQueue):
+        await store.delete_queue(ghost)
+    # A sender id is not a recipient id, and vice versa.
+    with pytest.raises(NoQueue):
+        await store.ack(rec.sender_id, mid())
+    with pytest.raises(NoQueue):
+        await store.put_message(rec.recipient_id, mid(), b"x", NOW, LIMITS)
+    assert await snapshot(store, rec) == before
+
+
+@pytest.mark.parametrize("bad", ["not bytes", b"", b"x" * 65, 12345])
+async def test_malformed_ids_are_type_or_value_errors(store: Store, bad: object) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    before = await snapshot(store, rec)
+    with pytest.raises((TypeError, ValueError)):
+        await store.put_message(bad, mid(), b"x", NOW, LIMITS)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, ValueError)):
+        await store.ack(rec.recipient_id, bad)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, ValueError)):
+        await store.create_queue(QueueRecord(bad, os.urandom(16), b"k"), NOW)  # type: ignore[arg-type]
+    assert await snapshot(store, rec) == before
+
+
+# ---------------------------------------------------------------------------- hints
+
+
+async def test_put_hints_watchers_of_that_queue_only(store: Store, hints: Hints) -> None:
+    watched, quiet = new_record(), new_record()
+    await store.create_queue(watched, NOW)
+    await store.create_queue(quiet, NOW)
+    await store.watch(watched.recipient_id)
+    await store.put_message(quiet.sender_id, mid(), b"x", NOW, LIMITS)
+    await store.put_message(watched.sender_id, mid(), b"x", NOW, LIMITS)
+    await hints.wait_for(watched.recipient_id)
+    await asyncio.sleep(0.2)
+    assert hints.count(quiet.recipient_id) == 0
+
+
+async def test_no_hints_after_unwatch(store: Store, hints: Hints) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.watch(rec.recipient_id)
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    await hints.wait_for(rec.recipient_id)
+    await store.unwatch(rec.recipient_id)
+    await asyncio.sleep(0.1)
+    hints.clear()
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    await asyncio.sleep(0.3)
+    assert hints.count(rec.recipient_id) == 0
+
+
+async def test_watches_are_counted(store: Store, hints: Hints) -> None:
+    """Overlapping subscribe/unsubscribe must not silence a queue that is still watched."""
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.watch(rec.recipient_id)
+    await store.watch(rec.recipient_id)
+    await store.unwatch(rec.recipient_id)
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    await hints.wait_for(rec.recipient_id)
+    await store.unwatch(rec.recipient_id)
+    await store.unwatch(rec.recipient_id)  # one too many: harmless
+    await store.watch(rec.recipient_id)
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    await hints.wait_for(rec.recipient_id, n=2)
+
+
+async def test_refused_put_sends_no_hint(store: Store, hints: Hints) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.watch(rec.recipient_id)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, Limits(max_messages=0))
+    await asyncio.sleep(0.3)
+    assert hints.count(rec.recipient_id) == 0
+
+
+# ---------------------------------------------------------------------------- stats, lifecycle
+
+
+async def test_stats_are_aggregate_counts(store: Store) -> None:
+    assert await store.stats() == {"queues": 0, "messages": 0, "bytes": 0}
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    ids = await fill(store, a, 3)  # b"body 0" .. b"body 2": 6 bytes each
+    await fill(store, b, 1)
+    assert await store.stats() == {"queues": 2, "messages": 4, "bytes": 24}
+    await store.ack(a.recipient_id, ids[0])
+    assert await store.stats() == {"queues": 2, "messages": 3, "bytes": 18}
+    await store.delete_queue(a.recipient_id)
+    assert await store.stats() == {"queues": 1, "messages": 1, "bytes": 6}
+
+
+async def test_a_second_store_sees_the_same_queue_space(
+    make_store: StoreFactory, backend: str
+) -> None:
+    """Reopening (SQLite) or a second process (Redis) sees what the first one stored."""
+    if backend == "memory":
+        pytest.skip("the memory store is one process's dicts by design")
+    first = await make_store()
+    rec = new_record(sender_key=os.urandom(32))
+    await first.create_queue(rec, NOW)
+    ids = [mid() for _ in range(3)]
+    for m in ids:
+        await first.put_message(rec.sender_id, m, b"kept", NOW, LIMITS, rec.sender_key)
+    await first.ack(rec.recipient_id, ids[0])
+    await first.close()
+    second = await make_store()
+    assert await second.queue_by_sender(rec.sender_id) == rec
+    got = await second.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    assert [m.msg_id for m in got] == ids[1:]
+    ref = await second.put_message(rec.sender_id, mid(), b"more", NOW, LIMITS, rec.sender_key)
+    assert ref.seq == 4
+
+
+async def test_closed_store_refuses_calls(make_store: StoreFactory) -> None:
+    store = await make_store()
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreUnavailable):
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+    with pytest.raises(StoreUnavailable):
+        await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
