@@ -64,6 +64,34 @@ def _curve(key: bytes) -> vz.Curve25519PublicKey:
         raise DecryptError from None
 
 
+# Canonical layout of a vodozemac pre-key message (see kith.crypto.interfaces):
+# 0x03 | 0A 20 one_time_key | 12 20 base_key | 1A 20 identity_key | 22 len message
+_PREKEY_TAGS: Final = ((1, b"\x0a\x20"), (35, b"\x12\x20"), (69, b"\x1a\x20"))
+_PREKEY_KEY_ENDS: Final = (34, 68, 102)  # last byte of each key: its top bit must be clear
+_PREKEY_IDENTITY: Final = slice(71, 103)
+
+
+def _canonical(kind: OlmKind, ciphertext: bytes, message: vz.AnyOlmMessage) -> None:
+    """Refuse any encoding but the one vodozemac itself produces.
+
+    vodozemac authenticates the *decoded* message (it re-encodes before checking the MAC) and
+    an established session ignores most of a pre-key header, so without this a relay could
+    alter bytes undetected: re-ordered or padded protobuf fields, over-long varints, or the
+    top bit of a Curve25519 key (X25519 ignores it, so the key "matches" either way). The
+    message must re-encode to exactly the bytes received, and every key must be in its
+    canonical form (top bit clear), so every byte of a block is covered by a check.
+    """
+    if message.to_parts() != (int(kind), ciphertext):
+        raise DecryptError
+    if kind is OlmKind.PREKEY:
+        if len(ciphertext) <= _PREKEY_IDENTITY.stop or ciphertext[0] != 3:
+            raise DecryptError
+        if any(ciphertext[at : at + 2] != tag for at, tag in _PREKEY_TAGS):
+            raise DecryptError
+        if any(ciphertext[end] & 0x80 for end in _PREKEY_KEY_ENDS):
+            raise DecryptError
+
+
 def _pickle_text(data: bytes) -> str:
     if not isinstance(data, bytes):
         raise DecryptError
@@ -100,6 +128,7 @@ class Session:
         work = self.copy()
         try:
             message = vz.AnyOlmMessage.from_parts(int(kind), ciphertext)
+            _canonical(kind, ciphertext, message)
             if kind is OlmKind.PREKEY:
                 # An established session decrypts only the inner message of a pre-key message
                 # and ignores its one-time, base and identity key fields, so a flipped bit
@@ -191,7 +220,11 @@ class Account:
             raise DecryptError
         work = self.copy()
         try:
-            prekey = vz.AnyOlmMessage.from_parts(int(OlmKind.PREKEY), prekey_message).to_pre_key()
+            message = vz.AnyOlmMessage.from_parts(int(OlmKind.PREKEY), prekey_message)
+            _canonical(OlmKind.PREKEY, prekey_message, message)
+            if prekey_message[_PREKEY_IDENTITY] != their_curve25519:
+                raise DecryptError
+            prekey = message.to_pre_key()
             if prekey is None:
                 raise DecryptError
             session, plaintext = work._account.create_inbound_session(identity, prekey)

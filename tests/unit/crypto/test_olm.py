@@ -4,6 +4,7 @@ arithmetic the padding relies on matches what vodozemac really emits."""
 from __future__ import annotations
 
 import pytest
+import vodozemac as vz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,6 +112,48 @@ def test_failed_decrypt_raises_opaque_error_and_changes_nothing(replied: bool) -
     assert inbound.pickle(KEY) == before  # try_decrypt leaves the original alone
     assert twin.pickle(KEY) != before
     assert inbound.decrypt(kind, ct) == b"payload"
+
+
+def test_non_canonical_encodings_are_refused() -> None:
+    """Byte changes vodozemac alone would accept (it authenticates the decoded message):
+    an over-long varint, and the ignored top bit of each Curve25519 key in a pre-key header."""
+    alice, bob = Account.generate(), Account.generate()
+    out = alice.create_outbound(bob.identity_keys.curve25519, bob.new_one_time_key())
+    _, first = out.encrypt(b"first")
+    _, inbound, _ = bob.create_inbound(alice.identity_keys.curve25519, first)
+    kind, prekey = out.encrypt(b"second, still pre-key")
+    assert kind is OlmKind.PREKEY
+    before = inbound.pickle(KEY)
+    for key_end in (34, 68, 102):  # one-time, base and identity key
+        flipped = prekey[:key_end] + bytes([prekey[key_end] ^ 0x80]) + prekey[key_end + 1 :]
+        raw_prekey = vz.AnyOlmMessage.from_parts(0, flipped).to_pre_key()
+        assert raw_prekey is not None
+        assert inbound.copy()._session.session_matches(raw_prekey)  # vodozemac alone: "same"
+        with pytest.raises(DecryptError):
+            inbound.decrypt(kind, flipped)
+        with pytest.raises(DecryptError):
+            Account.generate().create_inbound(alice.identity_keys.curve25519, flipped)
+    assert inbound.pickle(KEY) == before
+    out.decrypt(*inbound.encrypt(b"reply"))
+    kind, normal = out.encrypt(b"normal")
+    at = normal.index(b"\x10", 35)  # chain index field, after the ratchet key
+    overlong = normal[: at + 1] + b"\x80" + normal[at + 1 :]
+    assert inbound.copy()._session.decrypt(vz.AnyOlmMessage.from_parts(1, overlong))
+    with pytest.raises(DecryptError):
+        inbound.decrypt(kind, overlong)
+    assert inbound.decrypt(kind, normal) == b"normal"
+
+
+def test_inbound_identity_must_match_the_message() -> None:
+    alice, bob = Account.generate(), Account.generate()
+    _, ct = alice.create_outbound(bob.identity_keys.curve25519, bob.new_one_time_key()).encrypt(
+        b"x"
+    )
+    top_bit = bytes(31) + b"\x80"
+    with pytest.raises(DecryptError):
+        bob.create_inbound(
+            bytes(a ^ b for a, b in zip(alice.identity_keys.curve25519, top_bit, strict=True)), ct
+        )
 
 
 def test_replayed_olm_message_is_refused_by_vodozemac_too() -> None:
