@@ -1,0 +1,832 @@
+"""Pairwise secure channels: the invitation handshake and the channel that follows, sans-I/O.
+
+Theory of operation
+-------------------
+Two people who have never talked share nothing but an :class:`~kith.protocol.invitation.
+Invitation`. Each relationship gets its own Olm account on both sides (fresh identity keys),
+and each side receives on its own relay queue ("inbox"); the other side holds only that
+queue's sender id and a sender key for it.
+
+::
+
+    inviter (A)                                         acceptor (B)
+    creates inbox Q_A, Account_A, one-time key
+    create_invitation() ------ link / QR ------------>  accept_invitation():
+                                                        creates inbox Q_B, Account_B,
+                                                        Olm outbound session (signed OTK),
+                             <------ block on Q_A ----  ACCEPT (pre-key): B's keys, Q_B,
+                                                        B's sender key for Q_A, signature
+    PendingInvitation.receive():
+      unused? unexpired? inbound session
+      (consumes the one-time key), checks,
+      marks the invitation used
+      effects: KEY Q_A with B's sender key,  ---------> CONFIRM: A's sender key for Q_B
+                                                        Channel.receive() -> Confirmed:
+                                                        effect: KEY Q_B with A's key
+
+Both sides then hold a :class:`Channel`: an Olm session, their own inbox, and the peer's queue.
+Nothing here touches a socket, a clock or the OS random source: callers pass ``now_ms``, an
+``rng`` (``Callable[[int], bytes]``) and the crypto implementation
+(:data:`kith.crypto.olm.CRYPTO`); the state machines return what to send where
+(:class:`SendBlock`) and which queue to secure (:class:`SecureInbox`), and the client service
+does the I/O. Message formats are in :mod:`kith.protocol.envelope`.
+
+Transactions: every input that could be bad is processed on copies (Olm session or account,
+replay window, flags) and the object is changed only if everything passed. A typed error
+therefore always means "nothing happened", and the conversation continues.
+
+Persistence: :meth:`Channel.to_bytes` and :meth:`PendingInvitation.to_bytes` seal the whole
+state under a 32-byte key from the vault; the client must save after every send and receive
+(the ratchet has moved) and before releasing the block or acknowledging the relay message.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from kith.crypto.interfaces import (
+    KEY_LEN,
+    PICKLE_KEY_LEN,
+    SIGNATURE_LEN,
+    IdentityKeys,
+    OlmAccount,
+    OlmKind,
+    OlmSession,
+    PairwiseCrypto,
+)
+from kith.errors import DecryptError, KithError, LocalProtocolError, RemoteProtocolError
+from kith.protocol._reader import Reader, check_address, str8, u16, u32, u64
+from kith.protocol.envelope import (
+    FIRST_APPLICATION_TYPE,
+    KNOWN_FLAGS,
+    MSG_ID_LEN,
+    Envelope,
+    InnerHeader,
+    MessageType,
+    Padding,
+    check_block_size,
+    decode_envelope,
+    decode_inner,
+    encode_envelope,
+    encode_inner,
+)
+from kith.protocol.invitation import (
+    DEFAULT_TTL_MS,
+    ID_LEN,
+    MAX_TTL_MS,
+    QUEUE_ID_LEN,
+    Invitation,
+    InvitationError,
+    InvitationUsed,
+)
+from kith.protocol.replay import SeqWindow, WindowDecodeError
+
+RandomBytes = Callable[[int], bytes]
+
+STATE_VERSION: Final = 1
+SEED_LEN: Final = 32
+#: Most sequence numbers one resend request names.
+MAX_RESEND: Final = 256
+
+_ACCEPT_LABEL: Final = b"kith-accept-v1\x00"
+_CHANNEL_LABEL: Final = b"kith-pairwise-channel"
+_PENDING_LABEL: Final = b"kith-pending-invitation"
+_OLM_PICKLE_LABEL: Final = b"kith-olm-pickle"
+
+
+class HandshakeError(RemoteProtocolError):
+    """The peer's handshake or control message is malformed or does not fit this channel."""
+
+
+class StateError(KithError):
+    """A sealed state blob opened but its contents are malformed (corrupted local state)."""
+
+
+# --------------------------------------------------------------------------- queues and effects
+
+
+def _check_bytes(name: str, value: object, length: int) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes")
+    if len(value) != length:
+        raise ValueError(f"{name} must be {length} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxQueue:
+    """A queue this side receives on: created with NEW, ``auth_seed`` is its recipient key."""
+
+    relay: str
+    recipient_id: bytes
+    sender_id: bytes
+    block_size: int
+    auth_seed: bytes
+
+    def __post_init__(self) -> None:
+        check_address(self.relay)
+        _check_bytes("recipient_id", self.recipient_id, QUEUE_ID_LEN)
+        _check_bytes("sender_id", self.sender_id, QUEUE_ID_LEN)
+        _check_bytes("auth_seed", self.auth_seed, SEED_LEN)
+        check_block_size(self.block_size)
+
+    def __repr__(self) -> str:
+        return f"InboxQueue(relay={self.relay!r}, recipient_id={self.recipient_id.hex()}, ...)"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerQueue:
+    """The peer's inbox as this side sees it: send there, proving ``auth_seed``'s key."""
+
+    relay: str
+    sender_id: bytes
+    block_size: int
+    auth_seed: bytes
+
+    def __post_init__(self) -> None:
+        check_address(self.relay)
+        _check_bytes("sender_id", self.sender_id, QUEUE_ID_LEN)
+        _check_bytes("auth_seed", self.auth_seed, SEED_LEN)
+        check_block_size(self.block_size)
+
+    def __repr__(self) -> str:
+        return f"PeerQueue(relay={self.relay!r}, sender_id={self.sender_id.hex()}, ...)"
+
+
+@dataclass(frozen=True, slots=True)
+class SendBlock:
+    """Effect: SEND ``block`` to ``queue`` (after SAUTH with ``queue.auth_seed``).
+
+    ``header`` is what was encrypted, for the client's outbox (resends reuse ``msg_id``).
+    """
+
+    queue: PeerQueue
+    block: bytes
+    header: InnerHeader
+
+
+@dataclass(frozen=True, slots=True)
+class SecureInbox:
+    """Effect: KEY the inbox ``recipient_id`` with ``sender_key``, so only the peer can send."""
+
+    recipient_id: bytes
+    sender_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """Event: an application message from the peer."""
+
+    header: InnerHeader
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """Event (acceptor only, once): the inviter answered; secure the inbox as told."""
+
+    secure: SecureInbox
+
+
+@dataclass(frozen=True, slots=True)
+class ResendRequested:
+    """Event: the peer lost these of our messages (by ``seq``); send their content again."""
+
+    seqs: tuple[int, ...]
+
+
+Event = Received | Confirmed | ResendRequested
+
+
+# --------------------------------------------------------------------------- handshake payloads
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPayload:
+    """Body of HANDSHAKE_ACCEPT (acceptor to inviter, inside the first pre-key message)."""
+
+    invitation_id: bytes
+    identity: IdentityKeys
+    reply_relay: str
+    reply_sender_id: bytes
+    reply_block_size: int
+    sender_key: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_address(self.reply_relay)
+        _check_bytes("invitation_id", self.invitation_id, ID_LEN)
+        _check_bytes("reply_sender_id", self.reply_sender_id, QUEUE_ID_LEN)
+        _check_bytes("sender_key", self.sender_key, KEY_LEN)
+        _check_bytes("signature", self.signature, SIGNATURE_LEN)
+        check_block_size(self.reply_block_size)
+
+    def signed_part(self) -> bytes:
+        return (
+            self.invitation_id
+            + self.identity.to_bytes()
+            + str8(self.reply_relay)
+            + self.reply_sender_id
+            + u32(self.reply_block_size)
+            + self.sender_key
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.signed_part() + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AcceptPayload:
+        r = Reader(data, HandshakeError)
+        invitation_id = r.take(ID_LEN, "invitation id")
+        identity = IdentityKeys.from_bytes(r.take(2 * KEY_LEN, "identity"))
+        relay = r.address("reply relay")
+        sender_id = r.take(QUEUE_ID_LEN, "reply sender id")
+        block_size = r.u32("reply block size")
+        sender_key = r.take(KEY_LEN, "sender key")
+        signature = r.take(SIGNATURE_LEN, "signature")
+        r.end("accept payload")
+        try:
+            return cls(invitation_id, identity, relay, sender_id, block_size, sender_key, signature)
+        except LocalProtocolError as exc:  # block size out of range
+            raise HandshakeError(str(exc)) from None
+
+
+def accept_signing_payload(invitation: Invitation, signed_part: bytes) -> bytes:
+    """What the acceptor's new identity signs: bound to this exact invitation, so the signature
+    proves possession of the Ed25519 key and ties it to the Curve25519 key for this contact."""
+    return _ACCEPT_LABEL + invitation.to_bytes() + signed_part
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPayload:
+    """Body of HANDSHAKE_CONFIRM (inviter to acceptor, first message on the acceptor's inbox)."""
+
+    invitation_id: bytes
+    sender_key: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("invitation_id", self.invitation_id, ID_LEN)
+        _check_bytes("sender_key", self.sender_key, KEY_LEN)
+
+    def to_bytes(self) -> bytes:
+        return self.invitation_id + self.sender_key
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConfirmPayload:
+        r = Reader(data, HandshakeError)
+        payload = cls(r.take(ID_LEN, "invitation id"), r.take(KEY_LEN, "sender key"))
+        r.end("confirm payload")
+        return payload
+
+
+def encode_resend_request(seqs: tuple[int, ...]) -> bytes:
+    if not 1 <= len(seqs) <= MAX_RESEND:
+        raise ValueError(f"a resend request names 1..{MAX_RESEND} messages")
+    return u16(len(seqs)) + b"".join(u64(s) for s in seqs)
+
+
+def decode_resend_request(data: bytes) -> tuple[int, ...]:
+    r = Reader(data, HandshakeError)
+    count = r.u16("count")
+    if not 1 <= count <= MAX_RESEND:
+        raise HandshakeError(f"resend request names {count} messages")
+    seqs = tuple(r.u64("seq") for _ in range(count))
+    r.end("resend request")
+    return seqs
+
+
+# --------------------------------------------------------------------------- the channel
+
+
+class _Role(enum.IntFlag):
+    ACCEPTOR = 1
+    CONFIRMED = 2
+    HAS_INBOX_KEY = 4
+
+
+class Channel:
+    """One secure channel with one contact. Not thread-safe; one owner at a time.
+
+    Create one with :func:`accept_invitation` or :meth:`PendingInvitation.receive`, restore one
+    with :meth:`from_bytes`. Every method that can fail on bad input leaves the channel as it
+    was.
+    """
+
+    __slots__ = (
+        "_acceptor",
+        "_account",
+        "_confirmed",
+        "_crypto",
+        "_inbox",
+        "_inbox_sender_key",
+        "_invitation_id",
+        "_next_seq",
+        "_our_keys",
+        "_outbox",
+        "_padding",
+        "_session",
+        "_their_keys",
+        "_window",
+    )
+
+    def __init__(
+        self,
+        *,
+        crypto: PairwiseCrypto,
+        account: OlmAccount,
+        session: OlmSession,
+        their_keys: IdentityKeys,
+        invitation_id: bytes,
+        inbox: InboxQueue,
+        outbox: PeerQueue,
+        acceptor: bool,
+        confirmed: bool,
+        next_seq: int = 0,
+        window: SeqWindow | None = None,
+        inbox_sender_key: bytes | None = None,
+    ) -> None:
+        self._crypto = crypto
+        self._account = account
+        self._session = session
+        self._our_keys = account.identity_keys
+        self._their_keys = their_keys
+        self._invitation_id = invitation_id
+        self._inbox = inbox
+        self._outbox = outbox
+        self._acceptor = acceptor
+        self._confirmed = confirmed
+        self._next_seq = next_seq
+        self._window = window if window is not None else SeqWindow()
+        self._inbox_sender_key = inbox_sender_key
+        self._padding = Padding.for_block(outbox.block_size)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def our_keys(self) -> IdentityKeys:
+        return self._our_keys
+
+    @property
+    def their_keys(self) -> IdentityKeys:
+        return self._their_keys
+
+    @property
+    def inbox(self) -> InboxQueue:
+        return self._inbox
+
+    @property
+    def outbox(self) -> PeerQueue:
+        return self._outbox
+
+    @property
+    def invitation_id(self) -> bytes:
+        return self._invitation_id
+
+    @property
+    def confirmed(self) -> bool:
+        """True once both sides know the handshake completed (always true for the inviter)."""
+        return self._confirmed
+
+    @property
+    def inbox_sender_key(self) -> bytes | None:
+        """The key the peer proves when sending to our inbox (to KEY the queue again)."""
+        return self._inbox_sender_key
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def padding(self) -> Padding:
+        """Padding buckets for what this side sends. Not persisted: a client policy. The
+        default fills the peer's block (see :class:`~kith.protocol.envelope.Padding`)."""
+        return self._padding
+
+    @padding.setter
+    def padding(self, padding: Padding) -> None:
+        if padding.buckets[-1] > Padding.for_block(self._outbox.block_size).buckets[-1]:
+            raise LocalProtocolError("padding buckets exceed the peer's block size")
+        self._padding = padding
+
+    @property
+    def max_body(self) -> int:
+        return self._padding.max_body
+
+    # ----------------------------------------------------------------- sending
+
+    def _seal(
+        self,
+        msg_type: int,
+        flags: int,
+        body: bytes,
+        now_ms: int,
+        rng: RandomBytes,
+        msg_id: bytes | None = None,
+    ) -> SendBlock:
+        if msg_id is None:
+            msg_id = rng(MSG_ID_LEN)
+        header = InnerHeader(msg_type, flags, msg_id, now_ms, self._next_seq)
+        plaintext = encode_inner(header, body, self._padding.size_for(len(body)))
+        kind, ciphertext = self._session.encrypt(plaintext)
+        sender_key = self._our_keys.curve25519 if kind is OlmKind.PREKEY else None
+        block = encode_envelope(Envelope(kind, ciphertext, sender_key), self._outbox.block_size)
+        self._next_seq += 1
+        return SendBlock(self._outbox, block, header)
+
+    def send(
+        self,
+        body: bytes,
+        *,
+        now_ms: int,
+        rng: RandomBytes,
+        msg_type: int = MessageType.TEXT,
+        flags: int = 0,
+        msg_id: bytes | None = None,
+    ) -> SendBlock:
+        """Encrypt an application message into one block for the peer's queue.
+
+        ``msg_id`` is random unless given: a resend of a lost message passes the original id.
+        ``flags`` may carry only the bits named in :class:`~kith.protocol.envelope.Flags`.
+        """
+        if not isinstance(body, bytes):
+            raise TypeError("body must be bytes")
+        if not FIRST_APPLICATION_TYPE <= int(msg_type) <= 0xFF:
+            raise LocalProtocolError(f"message type {msg_type} is reserved for the channel")
+        if flags & ~KNOWN_FLAGS or flags < 0:
+            raise LocalProtocolError(f"flags 0x{flags:04x} set reserved bits")
+        if msg_id is not None:
+            _check_bytes("msg_id", msg_id, MSG_ID_LEN)
+        return self._seal(int(msg_type), flags, body, now_ms, rng, msg_id)
+
+    def missing(self, limit: int = MAX_RESEND) -> tuple[int, ...]:
+        """Sequence numbers of the peer's messages that have not arrived (oldest first).
+
+        A number shows up here as soon as a later one arrived; the client should wait for the
+        relay to finish delivering before asking for a resend.
+        """
+        return self._window.missing(limit)
+
+    def request_resend(
+        self, seqs: tuple[int, ...] | None = None, *, now_ms: int, rng: RandomBytes
+    ) -> SendBlock:
+        """Ask the peer to send again the messages numbered ``seqs`` (default: :meth:`missing`).
+
+        The numbers are given up on here: if an original still arrives later it is refused as
+        a replay, so the resent copy is the only one ever accepted.
+        """
+        capacity = (self._padding.max_body - 2) // 8
+        wanted = self.missing(min(MAX_RESEND, capacity)) if seqs is None else tuple(seqs)
+        if not wanted or len(wanted) > min(MAX_RESEND, capacity):
+            raise LocalProtocolError("nothing to request, or too many numbers for one message")
+        out = self._seal(MessageType.RESEND_REQUEST, 0, encode_resend_request(wanted), now_ms, rng)
+        self._window = self._window.give_up(wanted)
+        return out
+
+    # ----------------------------------------------------------------- receiving
+
+    def receive(self, block: bytes) -> Event:
+        """Decrypt and check one block from our inbox.
+
+        Raises :class:`~kith.errors.DecryptError` (forged, tampered, replayed, for another
+        channel), :class:`~kith.protocol.envelope.EnvelopeError` or :class:`HandshakeError`
+        (malformed); in every case the channel is unchanged.
+        """
+        envelope = decode_envelope(block)
+        if envelope.sender_key is not None and envelope.sender_key != self._their_keys.curve25519:
+            raise DecryptError
+        session, plaintext = self._session.try_decrypt(envelope.kind, envelope.ciphertext)
+        header, body = decode_inner(plaintext)
+        window = self._window.accept(header.seq)
+        confirmed, inbox_key = self._confirmed, self._inbox_sender_key
+        event: Event
+        if header.msg_type >= FIRST_APPLICATION_TYPE:
+            event = Received(header, body)
+        elif header.msg_type == MessageType.RESEND_REQUEST:
+            event = ResendRequested(decode_resend_request(body))
+        elif header.msg_type == MessageType.HANDSHAKE_CONFIRM:
+            if not self._acceptor or self._confirmed:
+                raise HandshakeError("unexpected handshake confirmation")
+            confirm = ConfirmPayload.from_bytes(body)
+            if confirm.invitation_id != self._invitation_id:
+                raise HandshakeError("confirmation for another invitation")
+            confirmed, inbox_key = True, confirm.sender_key
+            event = Confirmed(SecureInbox(self._inbox.recipient_id, confirm.sender_key))
+        else:
+            raise HandshakeError(f"unexpected control message type {header.msg_type}")
+        # Everything passed: commit.
+        self._session, self._window = session, window
+        self._confirmed, self._inbox_sender_key = confirmed, inbox_key
+        return event
+
+    # ----------------------------------------------------------------- persistence
+
+    def to_bytes(self, pickle_key: bytes) -> bytes:
+        """The whole channel sealed under ``pickle_key`` (32 bytes from the vault)."""
+        _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
+        olm_key = self._crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
+        role = _Role(0)
+        if self._acceptor:
+            role |= _Role.ACCEPTOR
+        if self._confirmed:
+            role |= _Role.CONFIRMED
+        if self._inbox_sender_key is not None:
+            role |= _Role.HAS_INBOX_KEY
+        account = self._account.pickle(olm_key)
+        session = self._session.pickle(olm_key)
+        state = (
+            bytes((STATE_VERSION, int(role)))
+            + self._invitation_id
+            + self._their_keys.to_bytes()
+            + u64(self._next_seq)
+            + self._window.to_bytes()
+            + _encode_inbox(self._inbox)
+            + _encode_peer(self._outbox)
+            + (self._inbox_sender_key or b"")
+            + u32(len(account))
+            + account
+            + u32(len(session))
+            + session
+        )
+        return self._crypto.seal(pickle_key, _CHANNEL_LABEL, state)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, pickle_key: bytes, crypto: PairwiseCrypto) -> Channel:
+        """Restore a channel. DecryptError if the key is wrong or the blob was altered."""
+        _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
+        r = Reader(crypto.open(pickle_key, _CHANNEL_LABEL, blob), StateError)
+        olm_key = crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
+        if r.u8("version") != STATE_VERSION:
+            raise StateError("channel state version not understood")
+        role = _Role(r.u8("role"))
+        invitation_id = r.take(ID_LEN, "invitation id")
+        their_keys = IdentityKeys.from_bytes(r.take(2 * KEY_LEN, "their keys"))
+        next_seq = r.u64("next seq")
+        try:
+            window = SeqWindow.from_bytes(r.take(len(SeqWindow().to_bytes()), "window"))
+        except WindowDecodeError as exc:
+            raise StateError(str(exc)) from None
+        inbox = _decode_inbox(r)
+        outbox = _decode_peer(r)
+        inbox_key = r.take(KEY_LEN, "inbox key") if role & _Role.HAS_INBOX_KEY else None
+        account = crypto.load_account(r.take(r.u32("account length"), "account"), olm_key)
+        session = crypto.load_session(r.take(r.u32("session length"), "session"), olm_key)
+        r.end("channel state")
+        return cls(
+            crypto=crypto,
+            account=account,
+            session=session,
+            their_keys=their_keys,
+            invitation_id=invitation_id,
+            inbox=inbox,
+            outbox=outbox,
+            acceptor=bool(role & _Role.ACCEPTOR),
+            confirmed=bool(role & _Role.CONFIRMED),
+            next_seq=next_seq,
+            window=window,
+            inbox_sender_key=inbox_key,
+        )
+
+    def __repr__(self) -> str:
+        return f"Channel(invitation_id={self._invitation_id.hex()}, confirmed={self._confirmed})"
+
+
+def _encode_inbox(q: InboxQueue) -> bytes:
+    return str8(q.relay) + q.recipient_id + q.sender_id + u32(q.block_size) + q.auth_seed
+
+
+def _decode_inbox(r: Reader) -> InboxQueue:
+    try:
+        return InboxQueue(
+            r.address("inbox relay"),
+            r.take(QUEUE_ID_LEN, "inbox recipient id"),
+            r.take(QUEUE_ID_LEN, "inbox sender id"),
+            r.u32("inbox block size"),
+            r.take(SEED_LEN, "inbox seed"),
+        )
+    except LocalProtocolError as exc:
+        raise StateError(str(exc)) from None
+
+
+def _encode_peer(q: PeerQueue) -> bytes:
+    return str8(q.relay) + q.sender_id + u32(q.block_size) + q.auth_seed
+
+
+def _decode_peer(r: Reader) -> PeerQueue:
+    try:
+        return PeerQueue(
+            r.address("peer relay"),
+            r.take(QUEUE_ID_LEN, "peer sender id"),
+            r.u32("peer block size"),
+            r.take(SEED_LEN, "peer seed"),
+        )
+    except LocalProtocolError as exc:
+        raise StateError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- the handshake
+
+
+Effect = SendBlock | SecureInbox
+
+
+class PendingInvitation:
+    """The inviter's side of one invitation, until it is used or expires.
+
+    Keep it (sealed, via :meth:`to_bytes`) until it expires even after use: it is what refuses
+    a second acceptance. After use it holds no secret.
+    """
+
+    __slots__ = ("_account", "_crypto", "_inbox", "_invitation")
+
+    def __init__(
+        self,
+        *,
+        crypto: PairwiseCrypto,
+        invitation: Invitation,
+        inbox: InboxQueue,
+        account: OlmAccount | None,
+    ) -> None:
+        self._crypto = crypto
+        self._invitation = invitation
+        self._inbox = inbox
+        self._account = account
+
+    @property
+    def invitation(self) -> Invitation:
+        return self._invitation
+
+    @property
+    def inbox(self) -> InboxQueue:
+        return self._inbox
+
+    @property
+    def used(self) -> bool:
+        return self._account is None
+
+    def receive(
+        self, block: bytes, *, now_ms: int, rng: RandomBytes
+    ) -> tuple[Channel, tuple[Effect, ...]]:
+        """Process a block that arrived on the invitation's queue.
+
+        Returns the new channel and the effects to carry out, in order: secure this inbox with
+        the acceptor's sender key, then send the confirmation. Raises InvitationUsed,
+        InvitationExpired, DecryptError, EnvelopeError or HandshakeError, and then nothing
+        changed (in particular the one-time key is still unused).
+        """
+        invitation = self._invitation
+        if self._account is None:
+            raise InvitationUsed("this invitation was already used")
+        invitation.check_unexpired(now_ms)
+        envelope = decode_envelope(block)
+        if envelope.kind is not OlmKind.PREKEY or envelope.sender_key is None:
+            raise HandshakeError("a handshake must be a pre-key message")
+        account, session, plaintext = self._account.create_inbound(
+            envelope.sender_key, envelope.ciphertext
+        )
+        header, body = decode_inner(plaintext)
+        if header.msg_type != MessageType.HANDSHAKE_ACCEPT or header.seq != 0:
+            raise HandshakeError("the first message must be the handshake")
+        accept = AcceptPayload.from_bytes(body)
+        if accept.invitation_id != invitation.invitation_id:
+            raise HandshakeError("handshake for another invitation")
+        if accept.identity.curve25519 != envelope.sender_key:
+            raise HandshakeError("handshake identity does not match its Olm session")
+        self._crypto.verify(
+            accept.identity.ed25519,
+            accept.signature,
+            accept_signing_payload(invitation, accept.signed_part()),
+        )
+        seed = rng(SEED_LEN)
+        channel = Channel(
+            crypto=self._crypto,
+            account=account,
+            session=session,
+            their_keys=accept.identity,
+            invitation_id=invitation.invitation_id,
+            inbox=self._inbox,
+            outbox=PeerQueue(
+                accept.reply_relay, accept.reply_sender_id, accept.reply_block_size, seed
+            ),
+            acceptor=False,
+            confirmed=True,
+            window=SeqWindow().accept(0),
+            inbox_sender_key=accept.sender_key,
+        )
+        confirm = ConfirmPayload(invitation.invitation_id, self._crypto.signing_public_key(seed))
+        out = channel._seal(MessageType.HANDSHAKE_CONFIRM, 0, confirm.to_bytes(), now_ms, rng)
+        self._account = None  # used: the one-time key is gone with the copy we keep
+        return channel, (SecureInbox(self._inbox.recipient_id, accept.sender_key), out)
+
+    def to_bytes(self, pickle_key: bytes) -> bytes:
+        _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
+        invitation = self._invitation.to_bytes()
+        state = (
+            bytes((STATE_VERSION, int(self.used)))
+            + u16(len(invitation))
+            + invitation
+            + _encode_inbox(self._inbox)
+        )
+        if self._account is not None:
+            olm_key = self._crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
+            account = self._account.pickle(olm_key)
+            state += u32(len(account)) + account
+        return self._crypto.seal(pickle_key, _PENDING_LABEL, state)
+
+    @classmethod
+    def from_bytes(
+        cls, blob: bytes, pickle_key: bytes, crypto: PairwiseCrypto
+    ) -> PendingInvitation:
+        _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
+        r = Reader(crypto.open(pickle_key, _PENDING_LABEL, blob), StateError)
+        if r.u8("version") != STATE_VERSION:
+            raise StateError("invitation state version not understood")
+        used = r.u8("used")
+        try:
+            invitation = Invitation.from_bytes(r.take(r.u16("invitation length"), "invitation"))
+        except InvitationError as exc:
+            raise StateError(str(exc)) from None
+        inbox = _decode_inbox(r)
+        account = None
+        if not used:
+            olm_key = crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
+            account = crypto.load_account(r.take(r.u32("account length"), "account"), olm_key)
+        r.end("invitation state")
+        return cls(crypto=crypto, invitation=invitation, inbox=inbox, account=account)
+
+
+def create_invitation(
+    *,
+    inbox: InboxQueue,
+    now_ms: int,
+    rng: RandomBytes,
+    crypto: PairwiseCrypto,
+    ttl_ms: int = DEFAULT_TTL_MS,
+) -> PendingInvitation:
+    """Make a signed one-time invitation to the (freshly created, unused) queue ``inbox``.
+
+    A new Olm account is created for the relationship this invitation starts; nothing in the
+    invitation relates to any other contact.
+    """
+    if not 0 < ttl_ms <= MAX_TTL_MS:
+        raise LocalProtocolError(f"invitation lifetime must be 1..{MAX_TTL_MS} ms")
+    account = crypto.new_account()
+    one_time_key = account.new_one_time_key()
+    unsigned = Invitation(
+        invitation_id=rng(ID_LEN),
+        expires_at_ms=now_ms + ttl_ms,
+        relay=inbox.relay,
+        sender_id=inbox.sender_id,
+        block_size=inbox.block_size,
+        identity=account.identity_keys,
+        one_time_key=one_time_key,
+        signature=bytes(SIGNATURE_LEN),
+    )
+    invitation = replace(unsigned, signature=account.sign(unsigned.signing_payload()))
+    return PendingInvitation(crypto=crypto, invitation=invitation, inbox=inbox, account=account)
+
+
+def accept_invitation(
+    invitation: Invitation,
+    *,
+    inbox: InboxQueue,
+    now_ms: int,
+    rng: RandomBytes,
+    crypto: PairwiseCrypto,
+) -> tuple[Channel, SendBlock]:
+    """Accept a (verified here) invitation: a new identity, an Olm session, the ACCEPT block.
+
+    ``inbox`` is a queue this side just created for this contact. Raises InvitationExpired or
+    DecryptError (forged invitation, unusable keys) and creates nothing then.
+    """
+    invitation.verify(now_ms, crypto)
+    account = crypto.new_account()
+    session = account.create_outbound(invitation.identity.curve25519, invitation.one_time_key)
+    seed = rng(SEED_LEN)
+    identity = account.identity_keys
+    unsigned = AcceptPayload(
+        invitation.invitation_id,
+        identity,
+        inbox.relay,
+        inbox.sender_id,
+        inbox.block_size,
+        crypto.signing_public_key(seed),
+        bytes(SIGNATURE_LEN),
+    )
+    payload = replace(
+        unsigned, signature=account.sign(accept_signing_payload(invitation, unsigned.signed_part()))
+    )
+    channel = Channel(
+        crypto=crypto,
+        account=account,
+        session=session,
+        their_keys=invitation.identity,
+        invitation_id=invitation.invitation_id,
+        inbox=inbox,
+        outbox=PeerQueue(invitation.relay, invitation.sender_id, invitation.block_size, seed),
+        acceptor=True,
+        confirmed=False,
+    )
+    out = channel._seal(MessageType.HANDSHAKE_ACCEPT, 0, payload.to_bytes(), now_ms, rng)
+    return channel, out
