@@ -20,6 +20,14 @@ _U64: Final = struct.Struct(">Q")
 MAX_ADDRESS_LEN: Final = 255
 
 
+_VISIBLE_ASCII: Final = bytes(range(0x21, 0x7F))
+
+
+def _visible_ascii(raw: bytes) -> bool:
+    """Non-empty and only printable ASCII without space (deleting those leaves nothing)."""
+    return bool(raw) and not raw.translate(None, _VISIBLE_ASCII)
+
+
 def u16(value: int) -> bytes:
     return _U16.pack(value)
 
@@ -44,7 +52,7 @@ def check_address(address: str) -> bytes:
         raw = address.encode("ascii")
     except UnicodeEncodeError:
         raise ValueError("relay address must be ASCII") from None
-    if not 1 <= len(raw) <= MAX_ADDRESS_LEN or not all(0x21 <= c <= 0x7E for c in raw):
+    if len(raw) > MAX_ADDRESS_LEN or not _visible_ascii(raw):
         raise ValueError("relay address must be 1..255 printable ASCII characters, no spaces")
     return raw
 
@@ -95,7 +103,7 @@ class Reader:
 
     def address(self, what: str) -> str:
         raw = self.take(self.u8(what), what)
-        if not raw or not all(0x21 <= c <= 0x7E for c in raw):
+        if not _visible_ascii(raw):
             raise self._error(f"{what} is not a printable ASCII relay address")
         return raw.decode("ascii")
 
