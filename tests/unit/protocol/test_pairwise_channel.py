@@ -208,6 +208,27 @@ def test_delivery_beyond_olms_skipped_key_limit_loses_keys_not_messages() -> Non
     assert body_of(alice.receive(text(bob, b"me too", r))) == b"me too"
 
 
+def test_a_message_held_back_across_many_ratchet_turns_is_recovered_by_resend() -> None:
+    """vodozemac also keeps only the 5 newest receiving chains: a message held back while the
+    ratchet turns 6 times can no longer be decrypted. The gap shows, the resend fills it."""
+    pair = handshake()
+    r = rng(14)
+    held = pair.alice.send(b"held back", now_ms=NOW, rng=r)
+    for i in range(6):
+        pair.alice.receive(text(pair.bob, b"b%d" % i, r))
+        pair.bob.receive(text(pair.alice, b"a%d" % i, r))
+    assert pair.bob.missing() == (held.header.seq,)
+    before = fingerprint(pair.bob)
+    with pytest.raises(DecryptError):
+        pair.bob.receive(held.block)
+    assert fingerprint(pair.bob) == before
+    event = pair.alice.receive(pair.bob.request_resend(now_ms=NOW, rng=r).block)
+    assert isinstance(event, pw.ResendRequested) and event.seqs == (held.header.seq,)
+    again = pair.alice.send(b"held back", now_ms=NOW, rng=r, msg_id=held.header.msg_id)
+    got = pair.bob.receive(again.block)
+    assert isinstance(got, pw.Received) and got.header.msg_id == held.header.msg_id
+
+
 def test_a_late_original_after_its_resend_was_requested_is_refused() -> None:
     """Olm still holds the key (within 40), but kith gave the number up when it asked for a
     resend, so exactly one copy of the message is ever accepted."""
