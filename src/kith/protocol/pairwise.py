@@ -192,7 +192,9 @@ class Confirmed:
 
 @dataclass(frozen=True, slots=True)
 class ResendRequested:
-    """Event: the peer lost these of our messages (by ``seq``); send their content again."""
+    """Event: the peer lost these of our messages (by ``seq``); send their content again with
+    the original ``msg_id``. For the inviter, ``seq`` 0 is the handshake confirmation: answer
+    it with :meth:`Channel.resend_confirmation`."""
 
     seqs: tuple[int, ...]
 
@@ -476,13 +478,25 @@ class Channel:
         The numbers are given up on here: if an original still arrives later it is refused as
         a replay, so the resent copy is the only one ever accepted.
         """
-        capacity = (self._padding.max_body - 2) // 8
-        wanted = self.missing(min(MAX_RESEND, capacity)) if seqs is None else tuple(seqs)
-        if not wanted or len(wanted) > min(MAX_RESEND, capacity):
+        capacity = min(MAX_RESEND, (self._padding.max_body - 2) // 8)
+        wanted = self.missing(capacity) if seqs is None else tuple(seqs)
+        if not wanted or len(wanted) > capacity:
             raise LocalProtocolError("nothing to request, or too many numbers for one message")
+        if seqs is not None and not set(wanted) <= set(self._window.missing()):
+            raise LocalProtocolError("only missing messages can be requested again")
         out = self._seal(MessageType.RESEND_REQUEST, 0, encode_resend_request(wanted), now_ms, rng)
         self._window = self._window.give_up(wanted)
         return out
+
+    def resend_confirmation(self, *, now_ms: int, rng: RandomBytes) -> SendBlock:
+        """The inviter's answer when the acceptor asks for ``seq`` 0 again: the confirmation
+        (the only message the client's outbox does not hold), under a new number."""
+        if self._acceptor:
+            raise LocalProtocolError("only the inviter sends a confirmation")
+        confirm = ConfirmPayload(
+            self._invitation_id, self._crypto.signing_public_key(self._outbox.auth_seed)
+        )
+        return self._seal(MessageType.HANDSHAKE_CONFIRM, 0, confirm.to_bytes(), now_ms, rng)
 
     # ----------------------------------------------------------------- receiving
 
@@ -504,7 +518,9 @@ class Channel:
         if header.msg_type >= FIRST_APPLICATION_TYPE:
             event = Received(header, body)
         elif header.msg_type == MessageType.RESEND_REQUEST:
-            event = ResendRequested(decode_resend_request(body))
+            # Numbers we never used are the peer's error; drop them rather than the request.
+            seqs = decode_resend_request(body)
+            event = ResendRequested(tuple(s for s in seqs if s < self._next_seq))
         elif header.msg_type == MessageType.HANDSHAKE_CONFIRM:
             if not self._acceptor or self._confirmed:
                 raise HandshakeError("unexpected handshake confirmation")

@@ -264,3 +264,34 @@ def test_prekey_messages_stop_after_the_first_reply() -> None:
     r = rng(13)
     kinds = [ev.decode_envelope(text(pair.bob, b"x", r)).kind for _ in range(2)]
     assert kinds == [OlmKind.NORMAL, OlmKind.NORMAL]  # bob received the confirmation
+
+
+def test_a_lost_confirmation_is_recovered() -> None:
+    """The relay drops the inviter's confirmation; the acceptor notices the gap at seq 0 once
+    anything else arrives, asks, and the inviter confirms again."""
+    r = rng(15)
+    pending = pw.create_invitation(inbox=make_inbox(r), now_ms=NOW, rng=r, crypto=CRYPTO)
+    bob, accept = pw.accept_invitation(
+        pending.invitation, inbox=make_inbox(r), now_ms=NOW, rng=r, crypto=CRYPTO
+    )
+    alice, _dropped = pending.receive(accept.block, now_ms=NOW, rng=r)
+    assert body_of(bob.receive(text(alice, b"hello?", r))) == b"hello?"
+    assert bob.missing() == (0,)
+    event = alice.receive(bob.request_resend(now_ms=NOW, rng=r).block)
+    assert isinstance(event, pw.ResendRequested) and event.seqs == (0,)
+    got = bob.receive(alice.resend_confirmation(now_ms=NOW, rng=r).block)
+    assert isinstance(got, pw.Confirmed)
+    assert got.secure.sender_key == CRYPTO.signing_public_key(alice.outbox.auth_seed)
+    assert bob.confirmed
+    with pytest.raises(LocalProtocolError):
+        bob.resend_confirmation(now_ms=NOW, rng=r)
+    with pytest.raises(pw.HandshakeError):  # a second confirmation is refused
+        bob.receive(alice.resend_confirmation(now_ms=NOW, rng=r).block)
+
+
+def test_only_missing_numbers_can_be_requested() -> None:
+    pair = handshake()
+    r = rng(16)
+    pair.bob.receive(text(pair.alice, b"x", r))
+    with pytest.raises(LocalProtocolError, match="missing"):
+        pair.bob.request_resend((1,), now_ms=NOW, rng=r)
