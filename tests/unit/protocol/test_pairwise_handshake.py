@@ -295,3 +295,19 @@ def test_accept_payload_refuses_bad_block_size() -> None:
         pw.AcceptPayload.from_bytes(bad)
     with pytest.raises(pw.HandshakeError):
         pw.decode_resend_request(b"\x00\x00")
+
+
+def test_an_acceptance_of_another_invitation_is_refused() -> None:
+    r = rng(30)
+    mine = pw.create_invitation(inbox=make_inbox(r), now_ms=NOW, rng=r, crypto=CRYPTO)
+    other = pw.create_invitation(inbox=make_inbox(r), now_ms=NOW, rng=r, crypto=CRYPTO)
+    _, accept = pw.accept_invitation(
+        other.invitation, inbox=make_inbox(r), now_ms=NOW, rng=r, crypto=CRYPTO
+    )
+    before = mine.to_bytes(PICKLE_KEY)
+    with pytest.raises(DecryptError):
+        mine.receive(accept.block, now_ms=NOW, rng=r)
+    assert not mine.used
+    restored = pw.PendingInvitation.from_bytes(before, PICKLE_KEY, CRYPTO)
+    assert not restored.used
+    other.receive(accept.block, now_ms=NOW, rng=r)  # where it belongs
