@@ -1,0 +1,246 @@
+"""Relay connections for the client service: one per relay, reconnecting, resubscribing.
+
+The client service never touches a WebSocket. It asks a :class:`RelayPool` to create, secure,
+subscribe, send to, acknowledge and delete queues on relays named by URL, and receives pushed
+messages through an ``on_message`` callback. The pool
+
+- keeps at most one connection per relay URL, opened on first use;
+- remembers every subscription and re-subscribes after a reconnect (so an unacknowledged
+  message is pushed again: the service must treat delivery as at-least-once);
+- reconnects with exponential backoff and jitter after a drop, forever, until closed;
+- proves a sender key (SAUTH) once per connection and sender id, before the first SEND;
+- calls ``on_message`` for one connection's pushes strictly one at a time, in arrival order,
+  awaiting each call before the next, so the service can decrypt, persist and ACK in order;
+- reports connection state changes through ``on_state``;
+- goes through a SOCKS5 proxy (Tor) when given one, for every connection.
+
+Commands fail fast with :class:`~kith.client.relay.RelayUnreachable` while a relay is down
+(they are not queued here); retrying is the service's job (its outbox), so nothing is retried
+twice by two layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from kith.client.relay import RelayClient, RelayError, RelayProtocolError, RelayUnreachable
+from kith.crypto.signing import SigningKey
+from kith.protocol import relay as p
+
+log = logging.getLogger("kith.client")
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``maximum``, each with +-``jitter``."""
+
+    initial: float = 0.25
+    maximum: float = 30.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        base = min(self.maximum, self.initial * (2 ** min(attempt, 30)))
+        return float(base * (1 + self.jitter * (2 * rand() - 1)))
+
+
+OnMessage = Callable[[str, p.Msg], Awaitable[None]]
+OnState = Callable[[str, ConnectionState], None]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    recipient_id: bytes
+    key: SigningKey
+
+
+class _Relay:
+    """One relay URL: its live connection (if any), subscriptions and reader task."""
+
+    def __init__(self, pool: RelayPool, url: str) -> None:
+        self.pool = pool
+        self.url = url
+        self.client: RelayClient | None = None
+        self.subs: dict[bytes, _Subscription] = {}
+        self.proven: set[bytes] = set()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.failed_attempts = 0
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run())
+
+    async def connected(self, timeout: float) -> RelayClient:
+        self.start()
+        if self.client is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ready.wait()
+            except TimeoutError:
+                raise RelayUnreachable("relay unreachable") from None
+        if self.client is None:
+            raise RelayUnreachable("relay unreachable")
+        return self.client
+
+    async def _run(self) -> None:
+        while not self.pool.closed:
+            self.pool.state(self.url, ConnectionState.CONNECTING)
+            try:
+                client = await RelayClient.connect(self.url, proxy=self.pool.proxy)
+            except RelayError:
+                await self._sleep_backoff()
+                continue
+            # Publish the connection first, so a subscribe() racing with this loop either is
+            # in the list below or sees the client and subscribes itself (a double SUB only
+            # restarts delivery, which the service tolerates).
+            self.client, self.proven = client, set()
+            try:
+                for sub in list(self.subs.values()):
+                    await client.subscribe(sub.recipient_id, sub.key)
+            except RelayError:
+                self.client = None
+                await client.close()
+                await self._sleep_backoff()
+                continue
+            self.failed_attempts = 0
+            self.ready.set()
+            self.pool.state(self.url, ConnectionState.CONNECTED)
+            try:
+                await self._pump(client)
+            finally:
+                self.ready.clear()
+                self.client = None
+                await client.close()
+                self.pool.state(self.url, ConnectionState.DISCONNECTED)
+            if not self.pool.closed:
+                await self._sleep_backoff()
+
+    async def _pump(self, client: RelayClient) -> None:
+        while True:
+            try:
+                msg = await client.next_message()
+            except (RelayUnreachable, RelayProtocolError):
+                return
+            if msg.recipient_id not in self.subs:
+                continue  # unsubscribed meanwhile; the relay will redeliver if resubscribed
+            try:
+                await self.pool.on_message(self.url, msg)
+            except Exception:
+                # The service failed to handle one message: leave it unacknowledged (it comes
+                # back on the next subscription) and keep the connection.
+                log.exception("message handler failed")
+
+    async def _sleep_backoff(self) -> None:
+        delay = self.pool.backoff.delay(self.failed_attempts)
+        self.failed_attempts += 1
+        await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
+class RelayPool:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        on_message: OnMessage,
+        *,
+        on_state: OnState | None = None,
+        proxy: str | None = None,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 15.0,
+    ) -> None:
+        self.on_message = on_message
+        self._on_state = on_state
+        self.proxy = proxy
+        self.backoff = backoff or Backoff()
+        self.connect_timeout = connect_timeout
+        self._relays: dict[str, _Relay] = {}
+        self.closed = False
+
+    def state(self, url: str, state: ConnectionState) -> None:
+        if self._on_state is not None:
+            self._on_state(url, state)
+
+    def _relay(self, url: str) -> _Relay:
+        if self.closed:
+            raise RelayUnreachable("relay pool is closed")
+        relay = self._relays.get(url)
+        if relay is None:
+            relay = self._relays[url] = _Relay(self, url)
+        return relay
+
+    async def _client(self, url: str) -> RelayClient:
+        return await self._relay(url).connected(self.connect_timeout)
+
+    async def create_queue(self, url: str, recipient_key: SigningKey) -> tuple[bytes, bytes, int]:
+        """NEW on ``url``: returns (recipient_id, sender_id, block_size)."""
+        client = await self._client(url)
+        rid, sid = await client.create_queue(recipient_key)
+        return rid, sid, client.block_size
+
+    async def block_size(self, url: str) -> int:
+        return (await self._client(url)).block_size
+
+    async def secure(
+        self, url: str, recipient_id: bytes, recipient_key: SigningKey, sender_public_key: bytes
+    ) -> None:
+        await (await self._client(url)).secure(recipient_id, recipient_key, sender_public_key)
+
+    async def subscribe(self, url: str, recipient_id: bytes, recipient_key: SigningKey) -> None:
+        """Subscribe now if connected (else on connect) and after every reconnect."""
+        relay = self._relay(url)
+        relay.subs[recipient_id] = _Subscription(recipient_id, recipient_key)
+        relay.start()
+        if relay.client is not None:
+            await relay.client.subscribe(recipient_id, recipient_key)
+
+    def unsubscribe(self, url: str, recipient_id: bytes) -> None:
+        """Stop handling pushes for this queue (the relay keeps them until a new SUB)."""
+        relay = self._relays.get(url)
+        if relay is not None:
+            relay.subs.pop(recipient_id, None)
+
+    async def send(self, url: str, sender_id: bytes, sender_key: SigningKey, block: bytes) -> None:
+        relay = self._relay(url)
+        client = await relay.connected(self.connect_timeout)
+        if sender_id not in relay.proven:
+            await client.sender_auth(sender_id, sender_key)
+            relay.proven.add(sender_id)
+        await client.send(sender_id, block)
+
+    async def ack(self, url: str, recipient_id: bytes, msg_id: bytes) -> None:
+        await (await self._client(url)).ack(recipient_id, msg_id)
+
+    async def delete_queue(self, url: str, recipient_id: bytes, recipient_key: SigningKey) -> None:
+        self.unsubscribe(url, recipient_id)
+        await (await self._client(url)).delete_queue(recipient_id, recipient_key)
+
+    def is_connected(self, url: str) -> bool:
+        relay = self._relays.get(url)
+        return relay is not None and relay.client is not None
+
+    async def close(self) -> None:
+        self.closed = True
+        relays, self._relays = self._relays, {}
+        for relay in relays.values():
+            await relay.close()
