@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -72,8 +72,11 @@ class Inbox:
         self.states.append((url, state))
 
     async def wait_for(self, n: int, timeout: float = 10) -> None:
+        await self.wait_until(lambda: len(self.got) >= n, timeout)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float = 10) -> None:
         async with asyncio.timeout(timeout):
-            while len(self.got) < n:
+            while not done():
                 self.arrived.clear()
                 await self.arrived.wait()
 
@@ -95,9 +98,10 @@ async def send_eventually(pool: RelayPool, url: str, sid: bytes, key: SigningKey
         while True:
             try:
                 await pool.send(url, sid, key, body)
-                return
             except RelayUnreachable:
                 await asyncio.sleep(0.1)
+            else:
+                return
 
 
 async def test_pool_reconnects_and_resubscribes_after_relay_restart(relay: Relay) -> None:
@@ -152,9 +156,7 @@ async def test_pool_through_socks5_proxy_survives_proxy_restart(relay: Relay) ->
         try:
             await send_eventually(pool, relay.url, sid, skey, block(2))
             # Everything the relay acknowledged arrives, each exactly once, in order.
-            async with asyncio.timeout(10):
-                while block(2) not in inbox.got:
-                    await asyncio.sleep(0.05)
+            await inbox.wait_until(lambda: block(2) in inbox.got)
             delivered = [b for b in inbox.got if b != block(99)]
             assert delivered == [block(1), block(2)]
             assert proxy2.connections >= 1
