@@ -80,6 +80,9 @@ class MessageType(enum.IntEnum):
     HANDSHAKE_ACCEPT = 0x01
     HANDSHAKE_CONFIRM = 0x02
     RESEND_REQUEST = 0x03
+    RECEIPT = 0x04  #: the recipient stored these messages (by ``msg_id``)
+    MOVE = 0x05  #: the sender's inbox moves to another queue: send there from now on
+    MOVE_ACK = 0x06  #: answer to MOVE, sent on the new queue, with the key to secure it
     TEXT = 0x10
 
 

@@ -31,6 +31,28 @@ Nothing here touches a socket, a clock or the OS random source: callers pass ``n
 (:class:`SendBlock`) and which queue to secure (:class:`SecureInbox`), and the client service
 does the I/O. Message formats are in :mod:`kith.protocol.envelope`.
 
+Delivery receipts: the recipient's client, once it has stored messages, names their message
+ids in a RECEIPT (:meth:`Channel.send_receipt`); the sender's channel returns
+:class:`Delivered`. The channel does not track which ids it sent (the client's outbox does), so
+ids it does not know are passed on, not refused. Receipts are never receipted.
+
+Queue rotation: a contact's inbox moves to another queue (on the same or another relay)
+without losing a message, inside the channel::
+
+    A (moves its inbox Q1 -> Q2)                         B (sends to A)
+    creates Q2 with NEW (not yet secured)
+    move_inbox(Q2): MOVE(generation, R2, sid2, block)  ---- on B's inbox ---->
+                                                       receive() -> PeerMoved:
+                                                       new sender key k2 for Q2;
+                                                       everything from now on goes to Q2
+                      <---- on Q2: MOVE_ACK(generation, sid2, k2)  (first block on Q2)
+    receive() -> InboxMoved: KEY Q2 with k2, drain Q1 (all of B's earlier messages are
+    there, B sends nothing more to it), delete Q1, finish_move()
+
+One channel throughout: Olm session, sequence numbers and replay window carry on unchanged,
+so ordering and exactly-once hold across the move, and a late block from Q1 is still
+accepted. A move changes where ciphertext is delivered, never a key.
+
 Transactions: every input that could be bad is processed on copies (Olm session or account,
 replay window, flags) and the object is changed only if everything passed. A typed error
 therefore always means "nothing happened", and the conversation continues.
@@ -86,10 +108,18 @@ from kith.protocol.replay import SeqWindow, WindowDecodeError
 
 RandomBytes = Callable[[int], bytes]
 
-STATE_VERSION: Final = 1
+#: Version of a sealed channel state. 2 added queue moves; version 1 states still load.
+CHANNEL_STATE_VERSION: Final = 2
+#: Version of a sealed pending invitation.
+PENDING_STATE_VERSION: Final = 1
 SEED_LEN: Final = 32
 #: Most sequence numbers one resend request names.
 MAX_RESEND: Final = 256
+#: Most message ids one receipt names (fewer if the peer's block is small: see
+#: :attr:`Channel.receipt_capacity`).
+MAX_RECEIPT: Final = 256
+#: Moves are numbered per direction from 1; the number is a u32 on the wire.
+MAX_MOVES: Final = 0xFFFF_FFFF
 
 _ACCEPT_LABEL: Final = b"kith-accept-v1\x00"
 _CHANNEL_LABEL: Final = b"kith-pairwise-channel"
@@ -199,7 +229,51 @@ class ResendRequested:
     seqs: tuple[int, ...]
 
 
-Event = Received | Confirmed | ResendRequested
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Event: the peer stored the messages with these message ids (as the peer claims).
+
+    Ids are passed on as received, including ones this side never sent or already saw
+    acknowledged: the client's outbox matches them and ignores the rest. A receipt needs no
+    answer (receipts are not receipted)."""
+
+    msg_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMoved:
+    """Event: the peer moved its inbox. Everything this channel sends from now on goes to the
+    new queue (``send.queue``); send ``send`` (the MOVE_ACK, which carries the key that will
+    secure the new queue) there, *after* every block this channel produced earlier.
+
+    A repeated MOVE (the peer did not hear our answer) yields this event again, with an
+    acknowledgement for the same queue and key: sending it again is always safe."""
+
+    send: SendBlock
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMoved:
+    """Event: the peer acknowledged our move. ``secure`` KEYs the new inbox (now
+    :attr:`Channel.inbox`); then drain ``retired`` (the peer's messages sent before the move
+    are there, and nothing after it), delete it on its relay, and call
+    :meth:`Channel.finish_move`. Until then :attr:`Channel.retiring_inbox` keeps it, so a
+    crash in between loses nothing."""
+
+    secure: SecureInbox
+    retired: InboxQueue
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Event: a repeated or stale move message the channel had already acted on (an
+    acknowledgement that arrived twice, a MOVE older than the peer's last). Nothing to do
+    except saving the channel: its replay window moved."""
+
+    header: InnerHeader
+
+
+Event = Received | Confirmed | ResendRequested | Delivered | PeerMoved | InboxMoved | Ignored
 
 
 # --------------------------------------------------------------------------- handshake payloads
@@ -283,6 +357,103 @@ class ConfirmPayload:
         return payload
 
 
+def encode_receipt(msg_ids: tuple[bytes, ...]) -> bytes:
+    """RECEIPT body: ``count u16 | count x msg_id 16``, each id once."""
+    if not 1 <= len(msg_ids) <= MAX_RECEIPT:
+        raise ValueError(f"a receipt names 1..{MAX_RECEIPT} messages")
+    for msg_id in msg_ids:
+        _check_bytes("msg_id", msg_id, MSG_ID_LEN)
+    if len(set(msg_ids)) != len(msg_ids):
+        raise ValueError("a receipt names each message once")
+    return u16(len(msg_ids)) + b"".join(msg_ids)
+
+
+def decode_receipt(data: bytes) -> tuple[bytes, ...]:
+    """Parse a RECEIPT body. The format is strict (one encoding per receipt): a count out of
+    range, a repeated id or trailing bytes are the peer's error."""
+    r = Reader(data, HandshakeError)
+    count = r.u16("count")
+    if not 1 <= count <= MAX_RECEIPT:
+        raise HandshakeError(f"receipt names {count} messages")
+    msg_ids = tuple(r.take(MSG_ID_LEN, "msg_id") for _ in range(count))
+    r.end("receipt")
+    if len(set(msg_ids)) != count:
+        raise HandshakeError("receipt names a message twice")
+    return msg_ids
+
+
+def _check_generation(generation: int) -> None:
+    if not isinstance(generation, int) or not 1 <= generation <= MAX_MOVES:
+        raise ValueError(f"move generation must be 1..{MAX_MOVES}")
+
+
+@dataclass(frozen=True, slots=True)
+class MovePayload:
+    """Body of MOVE: the sender's inbox is now the queue ``sender_id`` on ``relay``.
+
+    ``generation`` numbers the sender's moves from 1, so a repeated MOVE (same number) is
+    answered again and a stale one (smaller) is ignored, whatever order a relay delivers in.
+    Only the sender id travels: the recipient id and recipient key stay with the queue's
+    owner."""
+
+    generation: int
+    relay: str
+    sender_id: bytes
+    block_size: int
+
+    def __post_init__(self) -> None:
+        _check_generation(self.generation)
+        check_address(self.relay)
+        _check_bytes("sender_id", self.sender_id, QUEUE_ID_LEN)
+        check_block_size(self.block_size)
+
+    def to_bytes(self) -> bytes:
+        return u32(self.generation) + str8(self.relay) + self.sender_id + u32(self.block_size)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MovePayload:
+        r = Reader(data, HandshakeError)
+        generation = r.u32("generation")
+        relay = r.address("relay")
+        sender_id = r.take(QUEUE_ID_LEN, "sender id")
+        block_size = r.u32("block size")
+        r.end("move")
+        try:
+            return cls(generation, relay, sender_id, block_size)
+        except (LocalProtocolError, ValueError) as exc:  # generation 0, block size out of range
+            raise HandshakeError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveAckPayload:
+    """Body of MOVE_ACK: the answer to MOVE number ``generation`` for queue ``sender_id``;
+    ``sender_key`` is the Ed25519 key the answering side will prove when sending there."""
+
+    generation: int
+    sender_id: bytes
+    sender_key: bytes
+
+    def __post_init__(self) -> None:
+        _check_generation(self.generation)
+        _check_bytes("sender_id", self.sender_id, QUEUE_ID_LEN)
+        _check_bytes("sender_key", self.sender_key, KEY_LEN)
+
+    def to_bytes(self) -> bytes:
+        return u32(self.generation) + self.sender_id + self.sender_key
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MoveAckPayload:
+        r = Reader(data, HandshakeError)
+        generation = r.u32("generation")
+        sender_id = r.take(QUEUE_ID_LEN, "sender id")
+        sender_key = r.take(KEY_LEN, "sender key")
+        r.end("move acknowledgement")
+        try:
+            return cls(generation, sender_id, sender_key)
+        except ValueError as exc:  # generation 0
+            raise HandshakeError(str(exc)) from None
+
+
 def encode_resend_request(seqs: tuple[int, ...]) -> bytes:
     if not 1 <= len(seqs) <= MAX_RESEND:
         raise ValueError(f"a resend request names 1..{MAX_RESEND} messages")
@@ -306,6 +477,12 @@ class _Role(enum.IntFlag):
     ACCEPTOR = 1
     CONFIRMED = 2
     HAS_INBOX_KEY = 4
+    MOVING = 8  #: a move of our inbox waits for its acknowledgement (state version 2)
+    RETIRING = 16  #: an old inbox still has to be drained and deleted (state version 2)
+
+
+_V1_ROLES: Final = _Role.ACCEPTOR | _Role.CONFIRMED | _Role.HAS_INBOX_KEY
+_ALL_ROLES: Final = _V1_ROLES | _Role.MOVING | _Role.RETIRING
 
 
 class Channel:
@@ -324,10 +501,14 @@ class Channel:
         "_inbox",
         "_inbox_sender_key",
         "_invitation_id",
+        "_moves",
         "_next_seq",
         "_our_keys",
         "_outbox",
         "_padding",
+        "_peer_moves",
+        "_pending_inbox",
+        "_retiring_inbox",
         "_session",
         "_their_keys",
         "_window",
@@ -348,6 +529,10 @@ class Channel:
         next_seq: int = 0,
         window: SeqWindow | None = None,
         inbox_sender_key: bytes | None = None,
+        moves: int = 0,
+        peer_moves: int = 0,
+        pending_inbox: InboxQueue | None = None,
+        retiring_inbox: InboxQueue | None = None,
     ) -> None:
         self._crypto = crypto
         self._account = account
@@ -363,6 +548,10 @@ class Channel:
         self._window = window if window is not None else SeqWindow()
         self._inbox_sender_key = inbox_sender_key
         self._padding = Padding.for_block(outbox.block_size)
+        self._moves = moves  # moves of our inbox started (the last one's generation)
+        self._peer_moves = peer_moves  # the peer's moves applied (the last one's generation)
+        self._pending_inbox = pending_inbox
+        self._retiring_inbox = retiring_inbox
 
     # ----------------------------------------------------------------- properties
 
@@ -401,6 +590,20 @@ class Channel:
         return self._next_seq
 
     @property
+    def pending_inbox(self) -> InboxQueue | None:
+        """The queue our inbox is moving to, while the peer has not acknowledged the move.
+
+        Subscribe to it as soon as :meth:`move_inbox` returns: the acknowledgement and the
+        peer's later messages arrive there."""
+        return self._pending_inbox
+
+    @property
+    def retiring_inbox(self) -> InboxQueue | None:
+        """Our previous inbox after a completed move, until :meth:`finish_move`: drain it and
+        delete it on its relay (a client restarting mid-move finds it here)."""
+        return self._retiring_inbox
+
+    @property
     def padding(self) -> Padding:
         """Padding buckets for what this side sends. Not persisted: a client policy. The
         default fills the peer's block (see :class:`~kith.protocol.envelope.Padding`)."""
@@ -415,6 +618,11 @@ class Channel:
     @property
     def max_body(self) -> int:
         return self._padding.max_body
+
+    @property
+    def receipt_capacity(self) -> int:
+        """Most message ids one :meth:`send_receipt` can name with the current padding."""
+        return min(MAX_RECEIPT, (self._padding.max_body - 2) // MSG_ID_LEN)
 
     # ----------------------------------------------------------------- sending
 
@@ -488,6 +696,84 @@ class Channel:
         self._window = self._window.give_up(wanted)
         return out
 
+    def send_receipt(
+        self, msg_ids: tuple[bytes, ...], *, now_ms: int, rng: RandomBytes
+    ) -> SendBlock:
+        """Tell the peer we stored the messages ``msg_ids`` (their inner ``msg_id`` fields).
+
+        At most :attr:`receipt_capacity` ids, each once; more must be split by the caller.
+        Send a receipt only once the messages are saved (a receipt is a promise that the
+        sender may stop resending), and only for application messages: control messages are
+        not receipted, receipts included. If the peer asks for a receipt's ``seq`` again, send
+        a new receipt for the same ids (receipts are idempotent) or none (the peer will resend
+        the message and be told again).
+        """
+        ids = tuple(msg_ids)
+        for msg_id in ids:
+            _check_bytes("msg_id", msg_id, MSG_ID_LEN)
+        if not 1 <= len(ids) <= self.receipt_capacity:
+            raise LocalProtocolError(
+                f"a receipt names 1..{self.receipt_capacity} messages on this channel"
+            )
+        if len(set(ids)) != len(ids):
+            raise LocalProtocolError("a receipt names each message once")
+        return self._seal(MessageType.RECEIPT, 0, encode_receipt(ids), now_ms, rng)
+
+    def move_inbox(self, new_inbox: InboxQueue, *, now_ms: int, rng: RandomBytes) -> SendBlock:
+        """Start moving our inbox to ``new_inbox`` (a queue the client just created with NEW).
+
+        Returns the MOVE for the peer's current queue. Subscribe to ``new_inbox`` right away
+        and keep reading the current inbox: the peer's messages sent before it hears of the
+        move still arrive there. The move completes when :meth:`receive` returns
+        :class:`InboxMoved`. If that does not come (the MOVE or its acknowledgement was lost),
+        call :meth:`resend_move`; the peer answers a repeated MOVE again.
+
+        One move at a time: refused while a move waits for its acknowledgement or while the
+        previous inbox has not been retired (:meth:`finish_move`), and before the handshake
+        is confirmed.
+        """
+        if not isinstance(new_inbox, InboxQueue):
+            raise TypeError("new_inbox must be an InboxQueue")
+        if not self._confirmed:
+            raise LocalProtocolError("a move needs a confirmed channel")
+        if self._pending_inbox is not None:
+            raise LocalProtocolError("a move is already waiting for its acknowledgement")
+        if self._retiring_inbox is not None:
+            raise LocalProtocolError(
+                "the previous move is not finished: retire the old inbox first (finish_move)"
+            )
+        current = self._inbox
+        if (
+            new_inbox.recipient_id == current.recipient_id
+            or new_inbox.sender_id == current.sender_id
+            or new_inbox.auth_seed == current.auth_seed
+        ):
+            raise LocalProtocolError("a move needs a new queue")
+        if self._moves >= MAX_MOVES:
+            raise LocalProtocolError("this channel has moved as often as it can")
+        move = MovePayload(
+            self._moves + 1, new_inbox.relay, new_inbox.sender_id, new_inbox.block_size
+        )
+        out = self._seal(MessageType.MOVE, 0, move.to_bytes(), now_ms, rng)
+        self._moves, self._pending_inbox = move.generation, new_inbox
+        return out
+
+    def resend_move(self, *, now_ms: int, rng: RandomBytes) -> SendBlock:
+        """The pending MOVE again, under a new ``seq``: when no acknowledgement came (the
+        MOVE or the MOVE_ACK was lost), or when the peer asks for the MOVE's ``seq``."""
+        pending = self._pending_inbox
+        if pending is None:
+            raise LocalProtocolError("no move is waiting for an acknowledgement")
+        move = MovePayload(self._moves, pending.relay, pending.sender_id, pending.block_size)
+        return self._seal(MessageType.MOVE, 0, move.to_bytes(), now_ms, rng)
+
+    def finish_move(self) -> None:
+        """The client drained and deleted :attr:`retiring_inbox`: forget it (and allow the
+        next move). Blocks from the retired queue that still arrive are still accepted."""
+        if self._retiring_inbox is None:
+            raise LocalProtocolError("no retired inbox to forget")
+        self._retiring_inbox = None
+
     def resend_confirmation(self, *, now_ms: int, rng: RandomBytes) -> SendBlock:
         """The inviter's answer when the acceptor asks for ``seq`` 0 again: the confirmation
         (the only message the client's outbox does not hold), under a new number."""
@@ -500,12 +786,20 @@ class Channel:
 
     # ----------------------------------------------------------------- receiving
 
-    def receive(self, block: bytes) -> Event:
-        """Decrypt and check one block from our inbox.
+    def receive(
+        self, block: bytes, *, now_ms: int | None = None, rng: RandomBytes | None = None
+    ) -> Event:
+        """Decrypt and check one block from our inbox (current, pending or retiring: the
+        channel does not care which queue a block came from, only the peer can make one).
+
+        Pass ``now_ms`` and ``rng`` always: answering a MOVE (:class:`PeerMoved`) draws a new
+        sender key and seals a MOVE_ACK. Without them a MOVE raises
+        :class:`~kith.errors.LocalProtocolError` and changes nothing.
 
         Raises :class:`~kith.errors.DecryptError` (forged, tampered, replayed, for another
         channel), :class:`~kith.protocol.envelope.EnvelopeError` or :class:`HandshakeError`
-        (malformed); in every case the channel is unchanged.
+        (malformed, or a control message that does not fit the channel's state); in every case
+        the channel is unchanged.
         """
         envelope = decode_envelope(block)
         if envelope.sender_key is not None and envelope.sender_key != self._their_keys.curve25519:
@@ -513,28 +807,101 @@ class Channel:
         session, plaintext = self._session.try_decrypt(envelope.kind, envelope.ciphertext)
         header, body = decode_inner(plaintext)
         window = self._window.accept(header.seq)
-        confirmed, inbox_key = self._confirmed, self._inbox_sender_key
+        msg_type = header.msg_type
         event: Event
-        if header.msg_type >= FIRST_APPLICATION_TYPE:
+        if msg_type >= FIRST_APPLICATION_TYPE:
             event = Received(header, body)
-        elif header.msg_type == MessageType.RESEND_REQUEST:
+        elif msg_type == MessageType.RESEND_REQUEST:
             # Numbers we never used are the peer's error; drop them rather than the request.
             seqs = decode_resend_request(body)
             event = ResendRequested(tuple(s for s in seqs if s < self._next_seq))
-        elif header.msg_type == MessageType.HANDSHAKE_CONFIRM:
+        elif msg_type == MessageType.RECEIPT:
+            event = Delivered(decode_receipt(body))
+        elif msg_type == MessageType.HANDSHAKE_CONFIRM:
             if not self._acceptor or self._confirmed:
                 raise HandshakeError("unexpected handshake confirmation")
             confirm = ConfirmPayload.from_bytes(body)
             if confirm.invitation_id != self._invitation_id:
                 raise HandshakeError("confirmation for another invitation")
-            confirmed, inbox_key = True, confirm.sender_key
-            event = Confirmed(SecureInbox(self._inbox.recipient_id, confirm.sender_key))
+            self._session, self._window = session, window
+            self._confirmed, self._inbox_sender_key = True, confirm.sender_key
+            return Confirmed(SecureInbox(self._inbox.recipient_id, confirm.sender_key))
+        elif msg_type == MessageType.MOVE:
+            return self._receive_move(header, body, session, window, now_ms, rng)
+        elif msg_type == MessageType.MOVE_ACK:
+            return self._receive_move_ack(header, body, session, window)
         else:
-            raise HandshakeError(f"unexpected control message type {header.msg_type}")
+            raise HandshakeError(f"unexpected control message type {msg_type}")
         # Everything passed: commit.
         self._session, self._window = session, window
-        self._confirmed, self._inbox_sender_key = confirmed, inbox_key
         return event
+
+    def _receive_move(
+        self,
+        header: InnerHeader,
+        body: bytes,
+        session: OlmSession,
+        window: SeqWindow,
+        now_ms: int | None,
+        rng: RandomBytes | None,
+    ) -> Event:
+        """The peer's MOVE: check everything, then commit, switch the outbox, answer."""
+        if not self._confirmed:
+            raise HandshakeError("a move before the handshake was confirmed")
+        move = MovePayload.from_bytes(body)
+        if move.generation < self._peer_moves:  # overtaken by a later move: already done
+            self._session, self._window = session, window
+            return Ignored(header)
+        current = self._outbox
+        same_queue = move.relay == current.relay and move.sender_id == current.sender_id
+        if move.generation == self._peer_moves:
+            # A repeat (our acknowledgement was lost or is late): answer it again, same key.
+            if not same_queue or move.block_size != current.block_size:
+                raise HandshakeError("a repeated move names another queue")
+            outbox = current
+        elif move.generation == self._peer_moves + 1:
+            if same_queue:
+                raise HandshakeError("a move to the queue already in use")
+            outbox = None  # a fresh sender key is drawn below, once nothing can fail
+        else:
+            raise HandshakeError("a move out of order: an earlier one was never made")
+        if now_ms is None or rng is None:
+            raise LocalProtocolError("receiving a move needs now_ms and rng")
+        # Everything passed: commit, then answer on the (new) queue.
+        self._session, self._window = session, window
+        if outbox is None:
+            outbox = PeerQueue(move.relay, move.sender_id, move.block_size, rng(SEED_LEN))
+            self._outbox, self._peer_moves = outbox, move.generation
+            self._padding = Padding.for_block(outbox.block_size)
+        ack = MoveAckPayload(
+            move.generation, outbox.sender_id, self._crypto.signing_public_key(outbox.auth_seed)
+        )
+        return PeerMoved(self._seal(MessageType.MOVE_ACK, 0, ack.to_bytes(), now_ms, rng))
+
+    def _receive_move_ack(
+        self, header: InnerHeader, body: bytes, session: OlmSession, window: SeqWindow
+    ) -> Event:
+        """The peer's answer to our MOVE: the new inbox becomes ours, the old one retires."""
+        ack = MoveAckPayload.from_bytes(body)
+        pending = self._pending_inbox
+        if pending is not None and ack.generation == self._moves:
+            if ack.sender_id != pending.sender_id:
+                raise HandshakeError("a move acknowledgement for another queue")
+            retired = self._inbox
+            self._session, self._window = session, window
+            self._inbox, self._inbox_sender_key = pending, ack.sender_key
+            self._pending_inbox, self._retiring_inbox = None, retired
+            return InboxMoved(SecureInbox(pending.recipient_id, ack.sender_key), retired)
+        repeated = (
+            pending is None
+            and ack.generation == self._moves
+            and ack.sender_id == self._inbox.sender_id
+            and ack.sender_key == self._inbox_sender_key
+        )
+        if ack.generation < self._moves or repeated:
+            self._session, self._window = session, window
+            return Ignored(header)
+        raise HandshakeError("a move acknowledgement without a move")
 
     # ----------------------------------------------------------------- persistence
 
@@ -549,10 +916,14 @@ class Channel:
             role |= _Role.CONFIRMED
         if self._inbox_sender_key is not None:
             role |= _Role.HAS_INBOX_KEY
+        if self._pending_inbox is not None:
+            role |= _Role.MOVING
+        if self._retiring_inbox is not None:
+            role |= _Role.RETIRING
         account = self._account.pickle(olm_key)
         session = self._session.pickle(olm_key)
         state = (
-            bytes((STATE_VERSION, int(role)))
+            bytes((CHANNEL_STATE_VERSION, int(role)))
             + self._invitation_id
             + self._their_keys.to_bytes()
             + u64(self._next_seq)
@@ -560,6 +931,10 @@ class Channel:
             + _encode_inbox(self._inbox)
             + _encode_peer(self._outbox)
             + (self._inbox_sender_key or b"")
+            + u32(self._moves)
+            + u32(self._peer_moves)
+            + (_encode_inbox(self._pending_inbox) if self._pending_inbox else b"")
+            + (_encode_inbox(self._retiring_inbox) if self._retiring_inbox else b"")
             + u32(len(account))
             + account
             + u32(len(session))
@@ -569,13 +944,18 @@ class Channel:
 
     @classmethod
     def from_bytes(cls, blob: bytes, pickle_key: bytes, crypto: PairwiseCrypto) -> Channel:
-        """Restore a channel. DecryptError if the key is wrong or the blob was altered."""
+        """Restore a channel (state version 1 or 2). DecryptError if the key is wrong or the
+        blob was altered."""
         _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
         r = Reader(crypto.open(pickle_key, _CHANNEL_LABEL, blob), StateError)
         olm_key = crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
-        if r.u8("version") != STATE_VERSION:
+        version = r.u8("version")
+        if version not in (1, CHANNEL_STATE_VERSION):
             raise StateError("channel state version not understood")
-        role = _Role(r.u8("role"))
+        raw_role = r.u8("role")
+        if raw_role & ~int(_V1_ROLES if version == 1 else _ALL_ROLES):
+            raise StateError("channel state role not understood")
+        role = _Role(raw_role)
         invitation_id = r.take(ID_LEN, "invitation id")
         their_keys = IdentityKeys.from_bytes(r.take(2 * KEY_LEN, "their keys"))
         next_seq = r.u64("next seq")
@@ -586,6 +966,14 @@ class Channel:
         inbox = _decode_inbox(r)
         outbox = _decode_peer(r)
         inbox_key = r.take(KEY_LEN, "inbox key") if role & _Role.HAS_INBOX_KEY else None
+        moves = peer_moves = 0
+        pending = retiring = None
+        if version >= 2:
+            moves, peer_moves = r.u32("moves"), r.u32("peer moves")
+            pending = _decode_inbox(r) if role & _Role.MOVING else None
+            retiring = _decode_inbox(r) if role & _Role.RETIRING else None
+            if (pending or retiring) and not moves:
+                raise StateError("channel state names a move that never started")
         account = crypto.load_account(r.take(r.u32("account length"), "account"), olm_key)
         session = crypto.load_session(r.take(r.u32("session length"), "session"), olm_key)
         r.end("channel state")
@@ -602,6 +990,10 @@ class Channel:
             next_seq=next_seq,
             window=window,
             inbox_sender_key=inbox_key,
+            moves=moves,
+            peer_moves=peer_moves,
+            pending_inbox=pending,
+            retiring_inbox=retiring,
         )
 
     def __repr__(self) -> str:
@@ -739,7 +1131,7 @@ class PendingInvitation:
         _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
         invitation = self._invitation.to_bytes()
         state = (
-            bytes((STATE_VERSION, int(self.used)))
+            bytes((PENDING_STATE_VERSION, int(self.used)))
             + u16(len(invitation))
             + invitation
             + _encode_inbox(self._inbox)
@@ -756,7 +1148,7 @@ class PendingInvitation:
     ) -> PendingInvitation:
         _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
         r = Reader(crypto.open(pickle_key, _PENDING_LABEL, blob), StateError)
-        if r.u8("version") != STATE_VERSION:
+        if r.u8("version") != PENDING_STATE_VERSION:
             raise StateError("invitation state version not understood")
         used = r.u8("used")
         try:
