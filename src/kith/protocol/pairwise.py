@@ -224,7 +224,9 @@ class Confirmed:
 class ResendRequested:
     """Event: the peer lost these of our messages (by ``seq``); send their content again with
     the original ``msg_id``. For the inviter, ``seq`` 0 is the handshake confirmation: answer
-    it with :meth:`Channel.resend_confirmation`."""
+    it with :meth:`Channel.resend_confirmation`. A number that named a RECEIPT is answered by
+    a new receipt for the same ids (or not at all), one that named a MOVE still pending by
+    :meth:`Channel.resend_move`, other control messages not at all."""
 
     seqs: tuple[int, ...]
 
