@@ -246,7 +246,8 @@ class Delivered:
 class PeerMoved:
     """Event: the peer moved its inbox. Everything this channel sends from now on goes to the
     new queue (``send.queue``); send ``send`` (the MOVE_ACK, which carries the key that will
-    secure the new queue) there, *after* every block this channel produced earlier.
+    secure the new queue) there, but only once every block this channel produced earlier has
+    been accepted by its relay: the peer deletes the old queue when the MOVE_ACK arrives.
 
     A repeated MOVE (the peer did not hear our answer) yields this event again, with an
     acknowledgement for the same queue and key: sending it again is always safe."""
