@@ -332,3 +332,28 @@ def test_receiving_a_move_without_a_clock_and_rng_changes_nothing() -> None:
         pair.bob.receive(move.block)
     assert fingerprint(pair.bob) == before
     assert isinstance(recv(pair.bob, move.block, rng(13)), pw.PeerMoved)
+
+
+def test_a_block_the_old_queue_can_no_longer_take_is_resent_to_the_new_one() -> None:
+    """Bob's block for Q1 was never stored (R1 down, then Q1 deleted): his client sends the
+    content again with the original id; it goes to Q2 and Alice gives the old number up."""
+    pair = handshake(14)
+    alice, bob = pair.alice, pair.bob
+    r = rng(14)
+    undeliverable = bob.send(b"stuck", now_ms=NOW, rng=r)
+    q1 = alice.inbox
+    assert undeliverable.queue.sender_id == q1.sender_id
+    moved = recv(bob, alice.move_inbox(make_inbox(r, RELAY_C), now_ms=NOW, rng=r).block, r)
+    assert isinstance(moved, pw.PeerMoved)
+    assert isinstance(recv(alice, moved.send.block, r), pw.InboxMoved)
+    alice.finish_move()
+    again = bob.send(b"stuck", now_ms=NOW, rng=r, msg_id=undeliverable.header.msg_id)
+    assert again.queue == moved.send.queue
+    got = recv(alice, again.block, r)
+    assert isinstance(got, pw.Received) and got.header.msg_id == undeliverable.header.msg_id
+    assert alice.missing() == (undeliverable.header.seq,)
+    asked = recv(bob, alice.request_resend(now_ms=NOW, rng=r).block, r)
+    assert asked == pw.ResendRequested((undeliverable.header.seq,))
+    assert alice.missing() == ()
+    with pytest.raises(DecryptError):  # should the original still turn up: once only
+        recv(alice, undeliverable.block, r)
