@@ -145,9 +145,13 @@ class RelayClient:
                 if self._failure is not None and self.messages.empty():
                     raise self._failure
                 getter = asyncio.ensure_future(self.messages.get())
-                done, _ = await asyncio.wait(
-                    {getter, self._reader}, return_when=asyncio.FIRST_COMPLETED
-                )
+                try:
+                    done, _ = await asyncio.wait(
+                        {getter, self._reader}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                except BaseException:
+                    getter.cancel()  # cancelled or timed out: leave no orphaned getter behind
+                    raise
                 if getter in done:
                     return getter.result()
                 getter.cancel()

@@ -29,7 +29,13 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kith.client.relay import RelayClient, RelayError, RelayProtocolError, RelayUnreachable
+from kith.client.relay import (
+    RelayClient,
+    RelayError,
+    RelayProtocolError,
+    RelayRefused,
+    RelayUnreachable,
+)
 from kith.crypto.signing import SigningKey
 from kith.protocol import relay as p
 
@@ -108,7 +114,14 @@ class _Relay:
             self.client, self.proven = client, set()
             try:
                 for sub in list(self.subs.values()):
-                    await client.subscribe(sub.recipient_id, sub.key)
+                    try:
+                        await client.subscribe(sub.recipient_id, sub.key)
+                    except RelayRefused as exc:
+                        if exc.code is not p.ErrorCode.AUTH:
+                            raise
+                        # The relay has no such queue (deleted, or lost with its store):
+                        # asking again on every reconnect would never succeed.
+                        self.subs.pop(sub.recipient_id, None)
             except RelayError:
                 self.client = None
                 await client.close()
@@ -226,7 +239,17 @@ class RelayPool:
         if sender_id not in relay.proven:
             await client.sender_auth(sender_id, sender_key)
             relay.proven.add(sender_id)
-        await client.send(sender_id, block)
+        try:
+            await client.send(sender_id, block)
+        except RelayRefused as exc:
+            if exc.code is not p.ErrorCode.AUTH:
+                raise
+            # SAUTH on a queue not yet secured is answered OK and proves nothing, so once the
+            # recipient secures it the earlier "proof" no longer counts: prove once more.
+            relay.proven.discard(sender_id)
+            await client.sender_auth(sender_id, sender_key)
+            relay.proven.add(sender_id)
+            await client.send(sender_id, block)
 
     async def ack(self, url: str, recipient_id: bytes, msg_id: bytes) -> None:
         await (await self._client(url)).ack(recipient_id, msg_id)
