@@ -115,3 +115,12 @@ class InvalidSetting(ClientError, ValueError):
 
 class NotSupported(ClientError):
     """The operation needs something this build does not have yet."""
+
+
+class MoveInProgress(ClientError):
+    """A contact's inbox is already moving; one move at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this contact is still moving to another relay: try again once that has finished"
+        )
