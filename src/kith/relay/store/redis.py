@@ -49,17 +49,21 @@ random token of the publishing store instance, so a process ignores the echo of 
 Failure behaviour
 -----------------
 Every call is bounded by ``op_timeout`` (socket, pool wait and an overall deadline) and maps
-any Redis or socket failure to :class:`~kith.errors.StoreUnavailable`. Commands are never
+any Redis or socket failure to :class:`~kith.errors.StoreUnavailable`. Writes are never
 retried automatically: a retried write whose first reply was lost could store a message
-twice. When Redis comes back, the connection pool drops dead connections on checkout and
-reconnects, so the same store object simply works again. A deadline that expires after Redis
-executed a write reports StoreUnavailable for a write that happened; that is a false failure
-(the client retries; end-to-end encryption deduplicates), never a false success.
+twice. Reads are retried once on a fresh connection, because a pooled connection can die with
+a restarting server in ways the pool cannot see beforehand, and a read is safe to repeat. When
+Redis comes back, the same store object simply works again. A deadline that expires after
+Redis executed a write reports StoreUnavailable for a write that happened; that is a false
+failure (the client retries; end-to-end encryption deduplicates), never a false success.
 
-The subscriber task reconnects with backoff, re-subscribes every watched channel, and then
-hints *every* watched queue once, because messages stored while it was away produced no event
-it could see. ``watch`` therefore never fails because of an outage: the interest is kept and
-restored on reconnection. A keep-alive ``PING`` detects a pub/sub connection that died silently.
+Hints survive outages. The subscriber task reconnects with backoff, re-subscribes every
+watched channel, and then hints *every* watched queue once, because messages stored while it
+was away produced no event it could see. ``watch`` therefore never fails because of an
+outage: the interest is kept and restored on reconnection. A keep-alive ``PING`` detects a
+pub/sub connection that died silently. And after any call fails, the next call that succeeds
+hints every watched queue once more: a hint's fetch may have been the call that failed, and
+the relay fetches again only when told to.
 
 Durability
 ----------
@@ -321,7 +325,8 @@ class RedisStore:
                 timeout=op_timeout,
                 socket_timeout=op_timeout,
                 socket_connect_timeout=min(op_timeout, 2.0),
-                retry=Retry(NoBackoff(), 0),
+                # Used by reads and pub/sub only; the write lane never retries (see above).
+                retry=Retry(NoBackoff(), 1),
                 health_check_interval=0,
                 decode_responses=False,
             )
@@ -357,6 +362,7 @@ class RedisStore:
         self._pubsub: PubSub | None = None
         self._sub_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._connected = asyncio.Event()
+        self._owe_hints = False
         self._running = False
         self._closed = False
 
@@ -428,9 +434,22 @@ class RedisStore:
             raise StoreUnavailable("store is closed")
         try:
             async with asyncio.timeout(self._op_timeout):
-                return await fn()
+                result = await fn()
         except (RedisError, OSError, TimeoutError) as exc:
+            self._owe_hints = True
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+        self._settle()
+        return result
+
+    def _settle(self) -> None:
+        """A call succeeded: if an earlier one failed, hint every watched queue once."""
+        if self._owe_hints and self._loop is not None:
+            self._owe_hints = False
+            self._loop.call_soon(self._hint_all)
+
+    def _hint_all(self) -> None:
+        for rid in self._watchers.ids():
+            self._hint(rid)
 
     async def _write(self, script: str, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
         """Queue one write script call *now* (this fixes its order) and await its reply."""
@@ -439,9 +458,15 @@ class RedisStore:
         fut = self._enqueue(("EVALSHA", self._sha[script], len(keys), *keys, *args))
         try:
             async with asyncio.timeout(self._op_timeout):
-                return await fut
+                result = await fut
         except TimeoutError:
+            self._owe_hints = True
             raise StoreUnavailable("redis did not answer in time") from None
+        except StoreUnavailable:
+            self._owe_hints = True
+            raise
+        self._settle()
+        return result
 
     def _enqueue(self, cmd: Sequence[EncodableT]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -761,8 +786,7 @@ class RedisStore:
                 if msg is not None and self._dispatch(msg):
                     break
         self._connected.set()
-        for rid in self._watchers.ids():
-            self._hint(rid)
+        self._hint_all()
         last_rx = loop.time()
         ping_sent = False
         while True:
