@@ -432,6 +432,9 @@ class ClientService:
         service._queues = {(q.relay, q.recipient_id): q for q in queues}
         try:
             await service.sweep()
+        except (ClientStoreCorrupt, SqlStoreError):
+            await service.lock()
+            raise ProfileCorrupt from None
         except BaseException:
             await service.lock()
             raise
@@ -521,7 +524,8 @@ class ClientService:
         try:
             async with asyncio.timeout(timeout):
                 await self.sweep()
-                relays = {q.relay for q in self._queues.values()}
+                # The profile's own relay too, so the result says whether it can be reached.
+                relays = {self._relay_url} | {q.relay for q in self._queues.values()}
                 relays |= await self._relays_with_work()
 
                 async def connect(url: str) -> None:
@@ -690,7 +694,7 @@ class ClientService:
         refused = await self._deliver_accept(out.relay, outbox_id)
         info = await self._info_by_id(cid)
         if refused or info.state is ContactState.FAILED:
-            await self._forget(cid, announce=False)
+            await self._forget_now(cid, announce=False)
             raise UsedInvitation
         return info
 
@@ -814,8 +818,11 @@ class ClientService:
         """Delete the contact: its messages, outbox and channel are wiped from the vault, and
         our inbox queue for it is deleted at the relay (now, or as soon as it is reachable)."""
         row = await self._resolve(contact)
-        doomed = await self._forget(row.id)
-        for url in doomed:
+        await self._forget_now(row.id)
+
+    async def _forget_now(self, cid: str, *, announce: bool = True) -> None:
+        """Forget, then try to delete the queues at once (else the worker or next sync will)."""
+        for url in await self._forget(cid, announce=announce):
             with contextlib.suppress(TimeoutError, RelayError):
                 async with asyncio.timeout(self._options.connect_timeout):
                     async with self._relay_lock(url):

@@ -8,7 +8,9 @@ exchanges messages takes well under a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -26,7 +28,7 @@ PASSPHRASE = "a passphrase for tests only"  # noqa: S105 (a test profile's passp
 T0 = 1_760_000_000.0
 
 FAST = ClientOptions(
-    connect_timeout=2.0,
+    connect_timeout=1.0,
     backoff=Backoff(initial=0.05, maximum=0.5, jitter=0.1),
     settle=0.3,
     gap_grace=0.3,
@@ -69,6 +71,13 @@ class Relay:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def count(self, table: str) -> int:
+        """Rows in the relay's ``queues`` or ``messages`` table, read from its file."""
+        if table not in ("queues", "messages"):
+            raise ValueError(table)
+        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as db:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 (fixed names)
 
 
 @pytest.fixture
@@ -174,3 +183,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110 (polls state that has no event)
             await asyncio.sleep(0.05)
+
+
+async def table_rows(service: ClientService) -> dict[str, int]:
+    """How many rows each client table holds (to assert that a refusal stored nothing)."""
+
+    def count() -> dict[str, int]:
+        db = service._store._db
+        names = ("contacts", "queues", "invitations", "messages", "outbox")
+        return {n: int(db.execute(f"SELECT count(*) FROM {n}")[0][0]) for n in names}  # type: ignore[arg-type]  # noqa: S608 (fixed names)
+
+    return await service._db(count)
