@@ -127,6 +127,24 @@ async def test_delete_removes_the_queue_and_every_message(store: Store) -> None:
     assert ref.seq == 1
 
 
+async def test_empty_queues_and_empty_bodies_are_ordinary(store: Store) -> None:
+    """Zero is a count like any other: deleting an empty queue, storing and acking b""."""
+    empty, rec = new_record(), new_record()
+    await store.create_queue(empty, NOW)
+    await store.create_queue(rec, NOW)
+    await store.delete_queue(empty.recipient_id)
+    m = mid()
+    await store.put_message(rec.sender_id, m, b"", NOW, LIMITS)
+    [got] = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    assert (got.msg_id, got.body) == (m, b"")
+    assert await store.stats() == {"queues": 1, "messages": 1, "bytes": 0}
+    assert await store.ack(rec.recipient_id, m)
+    await store.put_message(rec.sender_id, mid(), b"", NOW, Limits(ttl_seconds=1))
+    assert await store.expire(NOW + 2, Limits(ttl_seconds=1)) == 1
+    await store.delete_queue(rec.recipient_id)
+    assert await store.stats() == {"queues": 0, "messages": 0, "bytes": 0}
+
+
 # ---------------------------------------------------------------------------- messages
 
 

@@ -9,7 +9,8 @@ append happen as one step however many relay processes send to the same queue, a
 stays contiguous per queue (a counter in the queue's hash, incremented only when a message
 is actually stored). Scripts check everything they refuse *before* their first write (Redis
 does not roll a script back), and carry the ``#!lua`` shebang so that Redis refuses a write
-script up front when it is out of memory instead of failing half-way.
+script up front when it is out of memory instead of failing half-way. They negate as
+``0 - n``: Lua renders ``-n`` of zero as ``-0``, which Redis rejects as an integer.
 
 Order: Redis executes one connection's commands in the order they arrive, but a connection
 pool does not send concurrent calls in call order. So every write goes through one *write
@@ -175,8 +176,8 @@ for i = 1, #mids do
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], ARGV[2] .. 's:' .. v[1])
 redis.call('HINCRBY', KEYS[5], 'queues', -1)
-redis.call('HINCRBY', KEYS[5], 'messages', -tonumber(v[2]))
-redis.call('HINCRBY', KEYS[5], 'bytes', -tonumber(v[3]))
+redis.call('HINCRBY', KEYS[5], 'messages', 0 - tonumber(v[2]))
+redis.call('HINCRBY', KEYS[5], 'bytes', 0 - tonumber(v[3]))
 return 1
 """
 
@@ -244,9 +245,9 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[2] .. ':' .. ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'n', -1)
-redis.call('HINCRBY', KEYS[1], 'b', -size)
+redis.call('HINCRBY', KEYS[1], 'b', 0 - size)
 redis.call('HINCRBY', KEYS[5], 'messages', -1)
-redis.call('HINCRBY', KEYS[5], 'bytes', -size)
+redis.call('HINCRBY', KEYS[5], 'bytes', 0 - size)
 return 1
 """
 
@@ -269,9 +270,9 @@ for i = 1, #items do
     redis.call('HDEL', m, mid)
     redis.call('ZREM', ARGV[1] .. 'z:' .. rid, mid)
     redis.call('HINCRBY', q, 'n', -1)
-    redis.call('HINCRBY', q, 'b', -size)
+    redis.call('HINCRBY', q, 'b', 0 - size)
     redis.call('HINCRBY', KEYS[2], 'messages', -1)
-    redis.call('HINCRBY', KEYS[2], 'bytes', -size)
+    redis.call('HINCRBY', KEYS[2], 'bytes', 0 - size)
     n = n + 1
   end
   redis.call('ZREM', KEYS[1], it)
