@@ -1,98 +1,190 @@
 """``kith demo``: the quick start's main job, printed step by step.
 
-Starts a relay on 127.0.0.1 with the embedded SQLite store in a temporary directory, then runs
-a short session against it over real WebSockets: a recipient creates a queue, secures it with
-the sender's key, the sender proves that key and sends padded messages, the recipient receives
-them as pushes and acknowledges them, and finally the relay's files are searched for the text
-that was sent.
+In a temporary directory: a relay on 127.0.0.1 with the embedded SQLite store, and two
+profiles, alice and bob, each a real vault driven by the real client service. Alice invites
+bob, bob accepts, both compare safety numbers and verify each other, they exchange messages
+both ways, a delivery receipt comes back, and at the end the relay's files and both vaults are
+searched for the text that was sent: it must be nowhere on disk in the clear.
+
+The two profiles use the test-only Argon2id cost so the demo runs in seconds; real profiles
+(``kith init``) calibrate a cost of about a second per unlock. Everything is deleted at the end.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import logging
+import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Final, TypeVar
 
-from kith.client.relay import RelayClient
-from kith.crypto.signing import SigningKey
-from kith.protocol.relay import max_frame_size
+from kith.client.events import (
+    ContactAdded,
+    ContactConfirmed,
+    Event,
+    MessageReceived,
+    MessageStateChanged,
+)
+from kith.client.model import MessageState
+from kith.client.service import ClientService, EventStream
 from kith.relay.server import RelayServer, ServerConfig
 from kith.relay.store.base import Store
+from kith.vault.params import INSECURE_FAST_PARAMS_FOR_TESTS_ONLY
+
+TOTAL: Final = 9
+WAIT: Final = 15.0
+E = TypeVar("E", bound=Event)
 
 
-def _say(step: int, total: int, text: str) -> None:
-    print(f"[{step}/{total}] {text}", flush=True)
+def _say(step: int, text: str, command: str = "") -> None:
+    hint = f"   ({command})" if command else ""
+    print(f"[{step}/{TOTAL}] {text}{hint}", flush=True)
 
 
-def _pad(text: str, size: int) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw + os.urandom(size - 2 - len(raw))
+def _detail(text: str) -> None:
+    print(f"      {text}", flush=True)
 
 
-def _unpad(block: bytes) -> str:
-    n = int.from_bytes(block[:2], "big")
-    return block[2 : 2 + n].decode()
+async def _next(
+    stream: EventStream, kind: type[E], match: Callable[[E], bool] = lambda e: True
+) -> E:
+    """The next event of ``kind`` (that ``match`` accepts), within WAIT seconds."""
+    async with asyncio.timeout(WAIT):
+        async for event in stream:
+            if isinstance(event, kind) and match(event):
+                return event
+    raise RuntimeError("the service stopped before the expected event")
 
 
-def _files_containing(folder: Path, texts: list[str]) -> list[str]:
-    return [
-        p.name for p in folder.iterdir() if any(t.encode() in p.read_bytes() for t in texts)
-    ]
+def files_containing(roots: list[Path], texts: list[str]) -> list[str]:
+    """Every file under ``roots`` whose bytes contain one of ``texts`` (UTF-8)."""
+    needles = [t.encode() for t in texts]
+    found = []
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                found.append(str(path))
+    return found
+
+
+async def _profile(path: Path, url: str) -> ClientService:
+    # A random passphrase nobody sees: these profiles live for the length of the demo.
+    return await ClientService.create(
+        path,
+        secrets.token_urlsafe(16),
+        params=INSECURE_FAST_PARAMS_FOR_TESTS_ONLY,
+        relay_url=url,
+        allow_insecure_params_for_tests=True,
+    )
 
 
 async def run_demo(store: str = "sqlite") -> int:
-    total = 6
+    # The in-process relay logs to this process's stderr; its log is not part of the demo.
+    relay_log = logging.getLogger("kith.relay")
+    relay_log.addHandler(logging.NullHandler())
+    relay_log.propagate = False
     with tempfile.TemporaryDirectory(prefix="kith-demo-") as tmp:
-        db = Path(tmp) / "relay.db"
+        root = Path(tmp)
+        relay_dir = root / "relay"
+        relay_dir.mkdir(mode=0o700)
         backend: Store
         if store == "memory":
             from kith.relay.store.memory import MemoryStore
 
             backend = MemoryStore()
+            where = "in-memory store"
         else:
             from kith.relay.store.sqlite import SQLiteStore
 
-            backend = SQLiteStore(db)
+            backend = SQLiteStore(relay_dir / "relay.db")
+            where = f"SQLite store {relay_dir / 'relay.db'}"
         relay = RelayServer(backend, ServerConfig(host="127.0.0.1", port=0))
         await relay.start()
         try:
             url = f"ws://127.0.0.1:{relay.port}"
-            where = f"SQLite store {db}" if store == "sqlite" else "in-memory store"
-            _say(1, total, f"relay listening on {url} ({where})")
-
-            alice_key, bob_key = SigningKey.generate(), SigningKey.generate()
-            async with await RelayClient.connect(url) as alice, \
-                    await RelayClient.connect(url) as bob:
-                rid, sid = await alice.create_queue(alice_key)
-                _say(2, total, f"recipient created a queue: recipient id {rid.hex()[:12]}..., "
-                     f"sender id {sid.hex()[:12]}... (two unrelated random ids)")
-                await alice.secure(rid, alice_key, bob_key.public_key)
-                await alice.subscribe(rid, alice_key)
-                _say(3, total, "recipient secured the queue with the sender's key and subscribed")
-
-                texts = ["hello from the other side", "meet at the usual place?", "stay safe"]
-                await bob.sender_auth(sid, bob_key)
-                started = time.perf_counter()
-                for text in texts:
-                    await bob.send(sid, _pad(text, bob.block_size))
-                _say(4, total, f"sender proved its key and sent {len(texts)} messages, each "
-                     f"padded to the relay's {bob.block_size}-byte block "
-                     f"(frame {max_frame_size(bob.block_size)} bytes on the wire)")
-
-                for _ in texts:
-                    msg = await alice.next_message(timeout=10)
-                    await alice.ack(rid, msg.msg_id)
-                    ms = (time.perf_counter() - started) * 1000
-                    _say(5, total, f"recipient got {_unpad(msg.body)!r} after {ms:.1f} ms "
-                         "and acknowledged it (the relay deleted it)")
-            stats = await backend.stats()
+            _say(1, f"relay listening on {url} ({where})", "kith relay serve")
+            ok = await _conversation(root, url)
+            leftover = (await backend.stats()).get("messages", 0)
         finally:
             await relay.stop()
-        leftover = stats.get("messages", 0)
-        found = _files_containing(Path(tmp), texts) if store == "sqlite" else []
-        _say(6, total, f"relay now holds {leftover} messages; relay files containing the sent "
-             f"text: {found or 'none'}")
-        print("note: this relay-level demo pads but does not encrypt; kith clients seal every "
-              "message end to end before it reaches a relay.")
-    return 0 if leftover == 0 else 1
+        texts = list(_TEXTS.values())
+        roots = [root / "alice", root / "bob"] + ([relay_dir] if store == "sqlite" else [])
+        found = files_containing(roots, texts)
+        _say(9, f"the relay holds {leftover} padded ciphertext(s) awaiting delivery; files "
+             "containing any sent text "
+             f"(relay and both vaults, {sum(1 for r in roots for p in r.rglob('*') if p.is_file())}"
+             f" files searched): {found or 'none'}")
+    if found or not ok:
+        print("demo FAILED", flush=True)
+        return 1
+    print("demo done: everything above ran on 127.0.0.1 and has been deleted", flush=True)
+    return 0
+
+
+_TEXTS: Final = {
+    "bob": "hi alice, it is bob. same place as last time?",
+    "alice": "not there, it is watched now. I will send you a new place.",
+}
+
+
+async def _conversation(root: Path, url: str) -> bool:
+    started = time.perf_counter()
+    alice = await _profile(root / "alice", url)
+    bob = await _profile(root / "bob", url)
+    async with alice, bob:
+        _say(2, f"two profiles created in {time.perf_counter() - started:.1f} s: "
+             f"{root / 'alice'} and {root / 'bob'}", "kith init")
+        _detail("DEMO ONLY: both use the test-only Argon2id cost; real profiles calibrate "
+                "about 1 s per unlock")
+        a_events, b_events = alice.events(), bob.events()
+        await alice.start()
+        await bob.start()
+
+        invitation = await alice.create_invitation(ttl=600)
+        _say(3, f"alice made a one-time invitation: {invitation.uri[:40]}... "
+             f"({len(invitation.uri)} characters; also shown as a QR code)", "kith invite --qr")
+
+        await bob.accept_invitation(invitation.uri, "alice")
+        added = await _next(a_events, ContactAdded)
+        await _next(b_events, ContactConfirmed)
+        bob_at_alice = await alice.rename(added.contact, "bob")
+        _say(4, "bob accepted it; alice's side confirmed; each named the other "
+             "(each side has its own keys for this one relationship)",
+             "kith accept LINK --name alice; kith rename contact-1 bob")
+
+        a_number = await alice.safety_number(bob_at_alice)
+        b_number = await bob.safety_number("alice")
+        _say(5, "safety numbers, as each screen shows them:", "kith verify CONTACT")
+        for who, number in (("alice", a_number), ("bob", b_number)):
+            for i, line in enumerate(number.display().splitlines()):
+                _detail(f"{who + ':' if i == 0 else '':7}{line}")
+        await alice.verify(bob_at_alice, b_number.display())
+        await bob.verify("alice", a_number.display())
+        _detail("they match: each typed the other's digits and both contacts are verified")
+
+        t0 = time.perf_counter()
+        await bob.send("alice", _TEXTS["bob"])
+        got = await _next(a_events, MessageReceived)
+        _say(6, f"bob -> alice, {1000 * (time.perf_counter() - t0):.0f} ms: {got.message.text!r}",
+             "kith send alice")
+
+        t0 = time.perf_counter()
+        sent = await alice.send(bob_at_alice, _TEXTS["alice"])
+        got = await _next(b_events, MessageReceived)
+        _say(7, f"alice -> bob, {1000 * (time.perf_counter() - t0):.0f} ms: {got.message.text!r}",
+             "kith chat bob")
+
+        await _next(
+            a_events,
+            MessageStateChanged,
+            lambda e: e.message_id == sent.id and e.state is MessageState.DELIVERED,
+        )
+        _say(8, "a delivery receipt came back: bob's device stored alice's message",
+             "kith messages bob")
+        held = len(await alice.messages(bob_at_alice)) + len(await bob.messages("alice"))
+        _detail(f"the vaults hold {held} messages, readable only with each passphrase")
+        return held == 4
