@@ -447,8 +447,8 @@ class ClientStore:
         )
 
     def delete_contact(self, contact_id: str) -> None:
-        """Delete the contact, its messages and outbox (cascade); its queues become DOOMED so
-        they are deleted at the relay too."""
+        """Delete the contact, its messages, outbox (cascade) and used invitation; its queues
+        become DOOMED so they are deleted at the relay too."""
         with self.transaction():
             self._x(
                 "UPDATE queues SET kind = ?, owner = '' WHERE owner = ? AND kind IN (?, ?)",
@@ -459,7 +459,9 @@ class ClientStore:
                     int(QueueKind.RETIRING),
                 ),
             )
-            self._x("UPDATE invitations SET contact_id = NULL WHERE contact_id = ?", (contact_id,))
+            # The used invitation only served to refuse a second acceptance on the queue,
+            # which is being deleted at the relay: keep nothing that relates to the contact.
+            self._x("DELETE FROM invitations WHERE contact_id = ?", (contact_id,))
             self._x("DELETE FROM contacts WHERE id = ?", (contact_id,))
 
     def _changed(self, sql: str, params: Sequence[SqlValue], contact_id: str) -> None:
