@@ -121,6 +121,65 @@ async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     conn.close()
 
 
+async def test_an_older_schema_is_upgraded_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade path, exercised with a stand-in v2 (no real one exists yet)."""
+    db = tmp_path / "relay.db"
+    store = await opened(db)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.put_message(rec.sender_id, mid(), b"kept", NOW, LIMITS)
+    await store.close()
+
+    from kith.relay.store import sqlite as backend
+
+    real = backend._schema_sql
+    upgrade = "ALTER TABLE queues ADD COLUMN note BLOB; UPDATE schema_version SET version = 2;"
+    monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(
+        backend,
+        "_schema_sql",
+        lambda name: upgrade if name == "sqlite_upgrade_v1_to_v2.sql" else real(name),
+    )
+    store = await opened(db)
+    try:
+        got = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+        assert [m.body for m in got] == [b"kept"]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(queues)")}
+    conn.close()
+
+
+async def test_a_missing_or_broken_upgrade_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "relay.db"
+    await (await opened(db)).close()
+    from kith.relay.store import sqlite as backend
+
+    real = backend._schema_sql
+    monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
+    with pytest.raises(SchemaError, match="no upgrade path"):
+        await opened(db)
+    # An upgrade script that forgets to bump the version is rolled back.
+    monkeypatch.setattr(
+        backend,
+        "_schema_sql",
+        lambda name: "CREATE TABLE half (x);" if "upgrade" in name else real(name),
+    )
+    with pytest.raises(SchemaError, match="v1, not v2"):
+        await opened(db)
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (1,)
+    conn.close()
+    assert "half" not in tables
+
+
 async def test_a_database_that_is_not_a_relay_store_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as conn:

@@ -244,13 +244,18 @@ class SQLiteStore:
             script = _schema_sql(name)
             if script is None:
                 raise SchemaError(f"no upgrade path from relay schema v{version} ({name})")
+            target = SCHEMA_VERSION if version == 0 else version + 1
             try:
-                conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+                conn.executescript(f"BEGIN IMMEDIATE;\n{script}")
+                (reached,) = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+                if reached != target:
+                    raise SchemaError(f"{name} left the schema at v{reached}, not v{target}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            version = SCHEMA_VERSION if version == 0 else version + 1
+            version = target
 
     def _release(self) -> None:
         for conn in (self._rconn, self._wconn):
