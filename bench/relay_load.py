@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Final
@@ -155,7 +155,6 @@ class Throughput:
     errors: dict[str, int] = field(default_factory=dict)
     undelivered: int = 0
     setup_s: float = 0.0
-    cpu_probe: float = float("nan")
     store_peak_rss_mib: float = float("nan")
 
     @property
@@ -645,11 +644,11 @@ class Processes:
         self.workers.append(proc)
         return proc, mine
 
-    def stop_workers(self, conns: list[Ctrl]) -> None:
+    def stop_workers(self, conns: list[Ctrl], workers: list[BaseProcess]) -> None:
         for c in conns:
             with contextlib.suppress(OSError):
                 c.send(("stop",))
-        for w in self.workers:
+        for w in workers:
             w.join(10)
             if w.is_alive():
                 w.terminate()
@@ -657,9 +656,10 @@ class Processes:
             if w.is_alive():
                 w.kill()
                 w.join(5)
+            with contextlib.suppress(ValueError):
+                self.workers.remove(w)
         for c in conns:
             c.close()
-        self.workers.clear()
 
     def close(self) -> None:
         for w in self.workers:
@@ -785,103 +785,153 @@ def _drain(delivered: list[Shared], sent: int, timeout: float) -> int:
     return sent - sum(v.value for v in delivered)
 
 
-def run_throughput(procs: Processes, target: Target, opt: Options) -> Throughput:
-    res = Throughput(target)
-    res.cpu_probe = cpu_probe()
-    load = load_average()[0]
-    server = Server(procs, target, opt.profile if target.kind == "kith" else None)
-    print(f"\n== {target.label} ({target.wire()}); server pid {server.proc.pid}", flush=True)
-    print(
-        f"   machine before start: load average {load:.2f}; "
-        f"a spinning process got {res.cpu_probe:.2f} of a core"
-    )
-    if server.redis_fsync:
-        print(f"   redis-server: appendonly yes, {server.redis_fsync}")
-    t0 = time.monotonic()
-    delivered = [procs.ctx.RawValue(ctypes.c_int64, 0) for _ in range(opt.sub_procs)]
-    subs: list[Ctrl] = []
-    for i, n in enumerate(_split(opt.subscribers, opt.sub_procs)):
-        spec = WorkerSpec(target.kind, server.port, target.block, n)
-        subs.append(procs.spawn(sub_worker, spec, delivered[i], False)[1])
-    handles: list[tuple[bytes, bytes]] = []
-    for c in subs:
-        _, got, errors = _expect(c, "ready")
-        if errors:
-            raise BenchError(f"{len(errors)} subscribers failed to set up: {errors[0]}")
-        handles += got
-    spec = WorkerSpec(target.kind, server.port, target.block, opt.senders)
-    _, sender = procs.spawn(send_worker, spec, handles, delivered, opt.inflight)
-    _expect(sender, "ready")
-    res.setup_s = time.monotonic() - t0
-    gen_pids = [w.pid for w in procs.workers if w.pid is not None]
-    print(
-        f"   setup: {opt.subscribers} subscribers in {opt.sub_procs} processes, "
-        f"{opt.senders} sender connections, {res.setup_s:.1f} s"
-    )
-    sent = 0
-    for run in range(opt.repeats):
-        sender.send(("saturate", opt.warmup + opt.window + 0.2))
+class Rig:
+    """One target's server and load generator, set up once and then measured in rounds.
+
+    Every rig is set up before any is measured, and the rounds visit the rigs in turn, so a
+    burst of someone else's work on the shared machine lands on all targets alike instead of
+    on whichever happened to run during it; the bare-forwarder ratio is then fairer.
+    """
+
+    def __init__(self, procs: Processes, target: Target, opt: Options, profile: bool) -> None:
+        self.procs, self.target, self.opt = procs, target, opt
+        self.res = Throughput(target)
+        self.sent = 0
+        self.server = Server(procs, target, opt.profile if profile else None)
+        print(f"\n== {target.label} ({target.wire()}); server pid {self.server.proc.pid}")
+        if self.server.redis_fsync:
+            print(f"   redis-server: appendonly yes, {self.server.redis_fsync}")
+        t0 = time.monotonic()
+        self.delivered = [procs.ctx.RawValue(ctypes.c_int64, 0) for _ in range(opt.sub_procs)]
+        self.workers: list[BaseProcess] = []
+        self.subs: list[Ctrl] = []
+        for i, n in enumerate(_split(opt.subscribers, opt.sub_procs)):
+            spec = WorkerSpec(target.kind, self.server.port, target.block, n)
+            proc, conn = procs.spawn(sub_worker, spec, self.delivered[i], False)
+            self.workers.append(proc)
+            self.subs.append(conn)
+        handles: list[tuple[bytes, bytes]] = []
+        for c in self.subs:
+            _, got, errors = _expect(c, "ready")
+            if errors:
+                raise BenchError(f"{len(errors)} subscribers failed to set up: {errors[0]}")
+            handles += got
+        spec = WorkerSpec(target.kind, self.server.port, target.block, opt.senders)
+        proc, self.sender = procs.spawn(send_worker, spec, handles, self.delivered, opt.inflight)
+        self.workers.append(proc)
+        _expect(self.sender, "ready")
+        self.res.setup_s = time.monotonic() - t0
+        print(
+            f"   setup: {opt.subscribers} subscribers in {opt.sub_procs} processes, "
+            f"{opt.senders} sender connections, {self.res.setup_s:.1f} s",
+            flush=True,
+        )
+
+    def _count(self) -> int:
+        return sum(v.value for v in self.delivered)
+
+    def saturate(self, run: int) -> None:
+        opt, res, server = self.opt, self.res, self.server
+        self.sender.send(("saturate", opt.warmup + opt.window + 0.2))
         time.sleep(opt.warmup)
         relay_cpu, store_cpu = CpuMeter(server.pids), CpuMeter(server.store_pids)
-        gen_cpu = CpuMeter(gen_pids)
-        c0, w0 = sum(v.value for v in delivered), time.monotonic()
+        gen_cpu = CpuMeter([w.pid for w in self.workers if w.pid is not None])
+        c0, w0 = self._count(), time.monotonic()
         time.sleep(opt.window)
-        c1, w1 = sum(v.value for v in delivered), time.monotonic()
+        c1, w1 = self._count(), time.monotonic()
         rate = (c1 - c0) / (w1 - w0)
         res.runs.append(rate)
         res.relay_cpu.append(relay_cpu.read())
         res.store_cpu.append(store_cpu.read())
         res.gen_cpu.append(gen_cpu.read())
-        _, sent, _, errors = _expect(sender, "done")
-        res.undelivered += _drain(delivered, sent, 30)
+        _, self.sent, _, errors = _expect(self.sender, "done")
+        res.errors.update(errors)
+        res.undelivered += _drain(self.delivered, self.sent, 30)
         redis_part = f", redis-server CPU {res.store_cpu[-1]:.2f}" if server.store_pids else ""
         print(
-            f"   saturation {run + 1}/{opt.repeats}: {rate:,.0f} msg/s delivered; "
-            f"server CPU {res.relay_cpu[-1]:.2f}{redis_part}; "
-            f"load generator CPU {res.gen_cpu[-1]:.2f} (cores)"
+            f"   {self.target.label}, saturation {run}/{opt.repeats}: {rate:,.0f} msg/s "
+            f"delivered; server CPU {res.relay_cpu[-1]:.2f}{redis_part}; "
+            f"load generator CPU {res.gen_cpu[-1]:.2f} (cores)",
+            flush=True,
         )
-    warm = min(opt.warmup, 2.0)
-    sender.send(("paced", opt.rate, warm, opt.latency_window))
-    time.sleep(warm)
-    cpu_at = CpuMeter(server.pids)
-    time.sleep(opt.latency_window)
-    res.cpu_at_rate = cpu_at.read()
-    _, sent, res.offered_rate, errors = _expect(sender, "done")
-    res.undelivered += _drain(delivered, sent, 30)
-    samples: list[int] = []
-    sub_errors: Counter[str] = Counter(errors)
-    for c in subs:
-        c.send(("samples",))
-        _, got, errs = _expect(c, "samples")
-        samples += got
-        sub_errors.update(errs)
-    samples.sort()
-    res.samples = len(samples)
-    res.p50_ms = percentile(samples, 50) / 1e6
-    res.p99_ms = percentile(samples, 99) / 1e6
-    res.errors = dict(sub_errors)
-    res.peak_rss_mib = peak_rss_mib(server.proc.pid)
-    res.rss_mib = rss_mib(server.proc.pid)
-    if server.redis is not None:
-        res.store_peak_rss_mib = peak_rss_mib(server.redis.pid)
-    print(
-        f"   latency at {opt.rate:,.0f} msg/s offered (achieved {res.offered_rate:,.0f}): "
-        f"p50 {res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms over {res.samples:,} messages; "
-        f"server CPU {res.cpu_at_rate:.2f}"
-    )
-    print(
-        f"   median {res.median_rate:,.0f} msg/s; server peak RSS {res.peak_rss_mib:.0f} MiB"
-        + (
-            f" (redis-server peak RSS {res.store_peak_rss_mib:.0f} MiB)"
-            if server.redis is not None
-            else ""
+
+    def latency(self) -> None:
+        opt, res, server = self.opt, self.res, self.server
+        warm = min(opt.warmup, 2.0)
+        self.sender.send(("paced", opt.rate, warm, opt.latency_window))
+        time.sleep(warm)
+        cpu_at = CpuMeter(server.pids)
+        time.sleep(opt.latency_window)
+        res.cpu_at_rate = cpu_at.read()
+        _, self.sent, res.offered_rate, errors = _expect(self.sender, "done")
+        res.undelivered += _drain(self.delivered, self.sent, 30)
+        samples: list[int] = []
+        found: Counter[str] = Counter(errors)
+        for c in self.subs:
+            c.send(("samples",))
+            _, got, errs = _expect(c, "samples")
+            samples += got
+            found.update(errs)
+        samples.sort()
+        res.samples = len(samples)
+        res.p50_ms = percentile(samples, 50) / 1e6
+        res.p99_ms = percentile(samples, 99) / 1e6
+        res.errors = dict(found)
+        print(
+            f"   {self.target.label}, latency at {opt.rate:,.0f} msg/s offered (achieved "
+            f"{res.offered_rate:,.0f}): p50 {res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms over "
+            f"{res.samples:,} messages; server CPU {res.cpu_at_rate:.2f}",
+            flush=True,
         )
-        + (f"; errors {res.errors}" if res.errors else "")
-        + (f"; UNDELIVERED {res.undelivered}" if res.undelivered else "")
-    )
-    procs.stop_workers([*subs, sender])
-    server.stop()
-    return res
+
+    def finish(self) -> Throughput:
+        res, server = self.res, self.server
+        res.peak_rss_mib = peak_rss_mib(server.proc.pid)
+        res.rss_mib = rss_mib(server.proc.pid)
+        if server.redis is not None:
+            res.store_peak_rss_mib = peak_rss_mib(server.redis.pid)
+        print(
+            f"   {self.target.label}: median {res.median_rate:,.0f} msg/s; "
+            f"server peak RSS {res.peak_rss_mib:.0f} MiB"
+            + (
+                f" (redis-server peak RSS {res.store_peak_rss_mib:.0f} MiB)"
+                if server.redis is not None
+                else ""
+            )
+            + (f"; errors {res.errors}" if res.errors else "")
+            + (f"; UNDELIVERED {res.undelivered}" if res.undelivered else "")
+        )
+        self.procs.stop_workers([*self.subs, self.sender], self.workers)
+        server.stop()
+        return res
+
+
+def run_throughput(
+    procs: Processes, plan: list[Target], opt: Options, probes: list[float]
+) -> list[Throughput]:
+    rigs: list[Rig] = []
+    try:
+        for target in plan:
+            first_kith = target.kind == "kith" and all(r.target.kind != "kith" for r in rigs)
+            rigs.append(Rig(procs, target, opt, profile=first_kith))
+        for run in range(1, opt.repeats + 1):
+            probe = cpu_probe()
+            print(
+                f"\nround {run}: load average {load_average()[0]:.2f}; "
+                f"a spinning process got {probe:.2f} of a core",
+                flush=True,
+            )
+            probes.append(probe)
+            for rig in rigs:
+                rig.saturate(run)
+        print()
+        for rig in rigs:
+            rig.latency()
+        print()
+        return [rig.finish() for rig in rigs]
+    finally:
+        for rig in rigs:
+            rig.server.stop()
 
 
 def run_idle(procs: Processes, target: Target, opt: Options) -> Idle:
@@ -893,21 +943,28 @@ def run_idle(procs: Processes, target: Target, opt: Options) -> Idle:
     t0 = time.monotonic()
     delivered = [procs.ctx.RawValue(ctypes.c_int64, 0) for _ in range(opt.idle_procs)]
     conns: list[Ctrl] = []
-    for i, n in enumerate(_split(opt.idle, opt.idle_procs)):
-        spec = WorkerSpec(target.kind, server.port, target.block, n, concurrency=40)
-        conns.append(procs.spawn(sub_worker, spec, delivered[i], True)[1])
-    errors: list[str] = []
-    for c in conns:
-        _, handles, errs = _expect(c, "ready", 600)
-        res.connections += len(handles)
-        errors += errs
-    res.failed = len(errors)
-    res.setup_s = time.monotonic() - t0
-    time.sleep(2.0)  # let the relay settle (freed handshake buffers, finished tasks)
-    res.rss_mib = rss_mib(server.proc.pid)
-    res.peak_rss_mib = peak_rss_mib(server.proc.pid)
-    if server.redis is not None:
-        res.store_rss_mib = rss_mib(server.redis.pid)
+    workers: list[BaseProcess] = []
+    try:
+        for i, n in enumerate(_split(opt.idle, opt.idle_procs)):
+            spec = WorkerSpec(target.kind, server.port, target.block, n, concurrency=40)
+            proc, conn = procs.spawn(sub_worker, spec, delivered[i], True)
+            workers.append(proc)
+            conns.append(conn)
+        errors: list[str] = []
+        for c in conns:
+            _, handles, errs = _expect(c, "ready", 600)
+            res.connections += len(handles)
+            errors += errs
+        res.failed = len(errors)
+        res.setup_s = time.monotonic() - t0
+        time.sleep(2.0)  # let the relay settle (freed handshake buffers, finished tasks)
+        res.rss_mib = rss_mib(server.proc.pid)
+        res.peak_rss_mib = peak_rss_mib(server.proc.pid)
+        if server.redis is not None:
+            res.store_rss_mib = rss_mib(server.redis.pid)
+    finally:
+        procs.stop_workers(conns, workers)
+        server.stop()
     print(
         f"   {res.connections:,} subscribed in {res.setup_s:.1f} s "
         f"({res.failed} failed{': ' + errors[0] if errors else ''}); server RSS "
@@ -915,21 +972,20 @@ def run_idle(procs: Processes, target: Target, opt: Options) -> Idle:
         f"peak {res.peak_rss_mib:.0f} MiB"
         + (f"; redis-server RSS {res.store_rss_mib:.0f} MiB" if server.redis is not None else "")
     )
-    procs.stop_workers(conns)
-    server.stop()
     return res
 
 
-def _summary(tp: list[Throughput], idle: list[Idle], opt: Options) -> None:
+def _summary(tp: list[Throughput], idle: list[Idle], opt: Options, probes: list[float]) -> None:
     bare = next((t for t in tp if t.target.kind == "bare"), None)
     print("\n" + "=" * 100)
     print(
         f"Summary ({opt.subscribers} subscriber connections, {opt.senders} sender connections, "
-        f"median of {opt.repeats} windows of {opt.window:g} s)"
+        f"median of {opt.repeats} windows of {opt.window:g} s; a spinning process got "
+        f"{', '.join(f'{x:.2f}' for x in probes)} of a core before each round)"
     )
     head = (
         f"{'target':<34}{'msg/s':>9}{'x bare':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'CPU sat':>9}{'CPU@rate':>9}{'peak MiB':>10}"
+        f"{'CPU sat':>9}{'CPU@rate':>9}{'us/msg':>8}{'peak MiB':>10}"
     )
     print(head)
     for t in tp:
@@ -937,9 +993,14 @@ def _summary(tp: list[Throughput], idle: list[Idle], opt: Options) -> None:
         print(
             f"{t.target.label:<34}{t.median_rate:>9,.0f}{ratio:>8.2f}{t.p50_ms:>8.2f}"
             f"{t.p99_ms:>8.2f}{median(t.relay_cpu):>9.2f}{t.cpu_at_rate:>9.2f}"
+            f"{t.cpu_at_rate * 1e6 / t.offered_rate if t.offered_rate else float('nan'):>8.0f}"
             f"{t.peak_rss_mib:>10.0f}"
         )
-    print(f"(p50/p99: send-to-push latency at {opt.rate:,.0f} msg/s offered; CPU in cores)")
+    print(
+        f"(p50/p99: send-to-push latency at {opt.rate:,.0f} msg/s offered; CPU: server "
+        "user+sys in cores, at saturation and at that rate; us/msg: server CPU microseconds "
+        "per message at that rate; peak: server VmHWM)"
+    )
     for i in idle:
         print(
             f"idle {i.connections:,} subscribed connections, {i.target.label}: "
@@ -1027,16 +1088,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opt.small_block:
             plan.append(Target("kith", store, opt.small_block))
     tp: list[Throughput] = []
+    probes: list[float] = []
     idle: list[Idle] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kith-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            for i, target in enumerate(plan):
-                profiled = opt.profile is not None and i == int(opt.bare)
-                tp.append(
-                    run_throughput(procs, target, opt if profiled else replace(opt, profile=None))
-                )
+            tp = run_throughput(procs, plan, opt, probes)
             if not opt.skip_idle:
                 for store in opt.stores:
                     idle.append(run_idle(procs, Target("kith", store, opt.block), opt))
@@ -1050,7 +1108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             procs.close()
-    _summary(tp, idle, opt)
+    _summary(tp, idle, opt, probes)
     load = load_average()
     print(
         f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
