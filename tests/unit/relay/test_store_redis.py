@@ -137,6 +137,29 @@ async def test_unwatch_stops_hints_from_other_processes(
     assert ha.count(rec.recipient_id) == 0
 
 
+async def test_a_dropped_pubsub_connection_is_caught_up(
+    redis_server: RedisServer, stores: Callable[..., Any], prefix: str
+) -> None:
+    """A put that lands while the subscriber is reconnecting is still hinted (catch-up)."""
+    ha = Hints()
+    a = await stores(redis_server.url, prefix, ha)
+    b = await stores(redis_server.url, prefix)
+    rec = new_record()
+    await a.create_queue(rec, NOW)
+    await a.watch(rec.recipient_id)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        assert await raw.client_kill_filter(_type="pubsub") >= 1
+    finally:
+        await raw.aclose()
+    await b.put_message(rec.sender_id, mid(), b"in the gap", NOW, LIMITS)
+    await ha.wait_for(rec.recipient_id)
+    await wait_until(lambda: a.pubsub_connected)
+    ha.clear()
+    await b.put_message(rec.sender_id, mid(), b"after", NOW, LIMITS)
+    await ha.wait_for(rec.recipient_id)
+
+
 async def test_two_processes_never_break_a_quota_or_the_seq_order(
     redis_server: RedisServer, stores: Callable[..., Any], prefix: str
 ) -> None:

@@ -321,21 +321,27 @@ class RedisStore:
             raise ConfigError("redis key prefix must be a non-empty string")
         if op_timeout <= 0 or keepalive <= 0 or reconnect_max_delay <= 0 or pool_size < 1:
             raise ConfigError("redis timeouts and pool size must be positive")
+        common: dict[str, Any] = {
+            "timeout": op_timeout,
+            "socket_timeout": op_timeout,
+            "socket_connect_timeout": min(op_timeout, 2.0),
+            "health_check_interval": 0,
+            "decode_responses": False,
+        }
         try:
+            # Reads: one retry on a fresh connection (see above).
             self._pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=pool_size,
-                timeout=op_timeout,
-                socket_timeout=op_timeout,
-                socket_connect_timeout=min(op_timeout, 2.0),
-                # Used by reads and pub/sub only; the write lane never retries (see above).
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=0,
-                decode_responses=False,
+                url, max_connections=pool_size, retry=Retry(NoBackoff(), 1), **common
+            )
+            # Pub/sub: no retry. redis-py would reconnect and re-subscribe silently, and the
+            # subscriber task would miss the gap it must cover with catch-up hints.
+            self._sub_pool = BlockingConnectionPool.from_url(
+                url, max_connections=2, retry=Retry(NoBackoff(), 0), **common
             )
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid redis url: {exc}") from exc
         self._client = Redis(connection_pool=self._pool)
+        self._sub_client = Redis(connection_pool=self._sub_pool)
         self._prefix = prefix
         self._op_timeout = op_timeout
         self._keepalive = keepalive
@@ -421,10 +427,11 @@ class RedisStore:
                 await self._subscriber
         with contextlib.suppress(RedisError, OSError):
             await self._lane_conn.disconnect()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
-        with contextlib.suppress(RedisError, OSError):
-            await self._pool.disconnect()
+        for client, pool in ((self._client, self._pool), (self._sub_client, self._sub_pool)):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await pool.disconnect()
 
     @property
     def pubsub_connected(self) -> bool:
@@ -756,7 +763,7 @@ class RedisStore:
     async def _subscribe_forever(self) -> None:
         delay = 0.05
         while self._running:
-            ps = self._client.pubsub()
+            ps = self._sub_client.pubsub()
             try:
                 await self._serve(ps)
             except (RedisError, OSError, TimeoutError, _StalePubSub):
@@ -782,9 +789,10 @@ class RedisStore:
             await ps.subscribe(self._ctl_channel)
         self._pubsub = ps  # from here on, watch() subscribes by itself
         channels = [self._channel(rid) for rid in self._watchers.ids()]
-        async with asyncio.timeout(self._op_timeout):
-            if channels:
-                await ps.subscribe(*channels)
+        # Thousands of watched queues take longer to confirm than one command.
+        async with asyncio.timeout(self._op_timeout + len(channels) / 5000):
+            for i in range(0, len(channels), 1000):
+                await ps.subscribe(*channels[i : i + 1000])
             # Redis answers in order: once this PONG is back, every SUBSCRIBE above is in force.
             await ps.ping(self._token)
             while True:
