@@ -283,6 +283,22 @@ async def test_redis_down_refuses_every_call_promptly_then_recovers_by_itself(
     await ha.wait_for(rec.recipient_id)
 
 
+async def test_closing_during_an_outage_is_prompt_and_quiet(
+    own_server: RedisServer, prefix: str
+) -> None:
+    store = RedisStore(own_server.url, prefix=prefix, op_timeout=OP_TIMEOUT)
+    await store.start(Hints())
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    own_server.stop()
+    pending = asyncio.create_task(store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS))
+    started = time.monotonic()
+    await store.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(StoreUnavailable):
+        await pending
+
+
 async def test_a_frozen_redis_never_hangs_a_call(
     own_server: RedisServer, stores: Callable[..., Any], prefix: str
 ) -> None:

@@ -386,11 +386,15 @@ class RedisStore:
             raise StoreUnavailable("store already started or closed")
         self._loop = asyncio.get_running_loop()
         self._notify = notify
-        info: dict[str, Any] = await self._call(lambda: self._client.info("server"))
-        raw = info.get("redis_version", "0")
-        version = tuple(int(x) for x in str(raw).split(".")[:2] if x.isdigit())
-        if version < MIN_REDIS_VERSION:
-            raise ConfigError(f"redis {raw} is too old; kith needs 7.0 or later")
+        try:
+            info: dict[str, Any] = await self._call(lambda: self._client.info("server"))
+            raw = info.get("redis_version", "0")
+            version = tuple(int(x) for x in str(raw).split(".")[:2] if x.isdigit())
+            if version < MIN_REDIS_VERSION:
+                raise ConfigError(f"redis {raw} is too old; kith needs 7.0 or later")
+        except BaseException:
+            await self.close()
+            raise
         self._running = True
         self._lane_task = asyncio.create_task(self._lane_forever())
         self._subscriber = asyncio.create_task(self._subscribe_forever())
@@ -410,7 +414,7 @@ class RedisStore:
         if self._lane_task is not None:
             # Writes already queued finish (or fail) first: the lane answers in order, so
             # once a PING queued behind them is answered, they are done.
-            with contextlib.suppress(TimeoutError, RedisError, OSError):
+            with contextlib.suppress(TimeoutError, StoreUnavailable):
                 async with asyncio.timeout(self._op_timeout):
                     await self._enqueue(("PING",))
             self._lane_task.cancel()
