@@ -150,7 +150,8 @@ MAX_NAME_LEN: Final = 64
 CONTACT_ID_BYTES: Final = 8
 MAX_MESSAGES_LIMIT: Final = 10_000
 MAX_SYNC_PASSES: Final = 8
-#: A retired inbox whose relay stays unreachable this long after a move is given up on.
+#: A queue to retire or delete whose relay stays unreachable this long is given up on (the
+#: relay expires what it holds after 21 days by default; trying forever would slow every sync).
 RETIRE_GIVE_UP_MS: Final = 7 * DAY * 1000
 
 #: Relay refusals after which a block can never be accepted: the queue is gone or secured
@@ -321,6 +322,7 @@ class ClientService:
         self._last_rx: dict[tuple[str, bytes], float] = {}
         self._connected_at: dict[str, float] = {}
         self._move_resent: set[str] = set()
+        self._moves_repeated: set[str] = set()
         self._retirer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -506,6 +508,7 @@ class ClientService:
         for q in list(self._queues.values()):
             if q.kind is not QueueKind.DOOMED:
                 await self._subscribe(q)
+        await self._resend_pending_moves()
         for url in await self._relays_with_work():
             self._kick(url)
         self._spawn(self._sweeper())
@@ -528,16 +531,19 @@ class ClientService:
                 relays = {self._relay_url} | {q.relay for q in self._queues.values()}
                 relays |= await self._relays_with_work()
 
-                async def connect(url: str) -> None:
+                async def start_relay(url: str) -> None:
+                    """Connect, subscribe, send: each relay at its own pace."""
                     try:
                         await self._pool.block_size(url)
                     except RelayError:
                         unreachable.add(url)
+                        return
+                    for q in list(self._queues.values()):
+                        if q.relay == url and q.kind is not QueueKind.DOOMED:
+                            await self._subscribe(q)
 
-                await asyncio.gather(*(connect(url) for url in relays))
-                for q in list(self._queues.values()):
-                    if q.kind is not QueueKind.DOOMED and q.relay not in unreachable:
-                        await self._subscribe(q)
+                await asyncio.gather(*(start_relay(url) for url in relays))
+                await self._resend_pending_moves()
                 await self._pass_all(relays - unreachable, unreachable)
                 await self._settle()
                 await self._retire_drained(quiet=self._options.settle)
@@ -567,7 +573,10 @@ class ClientService:
 
         def work() -> tuple[dict[str, int], list[QueueRow]]:
             expired = self._store.expire_messages(now)
-            self._store.expire_invitations(now)
+            self._store.expire_invitations(now, now + RETIRE_GIVE_UP_MS)
+            abandoned = self._store.drop_abandoned(now)
+            if abandoned:
+                self._stats["queues_abandoned"] += abandoned
             return expired, self._store.queues()
 
         expired, queues = await self._db(work)
@@ -829,8 +838,9 @@ class ClientService:
                         await self._delete_doomed(url)
 
     async def _forget(self, cid: str, *, announce: bool = True) -> set[str]:
+        give_up = self._now_ms() + RETIRE_GIVE_UP_MS
         async with self._lock(cid):
-            await self._db(lambda: self._store.delete_contact(cid))
+            await self._db(lambda: self._store.delete_contact(cid, give_up))
             self._channels.pop(cid, None)
             timer = self._gap_timers.pop(cid, None)
             if timer is not None:
@@ -838,7 +848,9 @@ class ClientService:
             doomed: set[str] = set()
             for key, q in list(self._queues.items()):
                 if q.owner == cid and q.kind in (QueueKind.CONTACT, QueueKind.RETIRING):
-                    self._queues[key] = replace(q, kind=QueueKind.DOOMED, owner="")
+                    self._queues[key] = replace(
+                        q, kind=QueueKind.DOOMED, owner="", retire_ms=give_up
+                    )
                     self._pool.unsubscribe(q.relay, q.recipient_id)
                     doomed.add(q.relay)
         if announce:
@@ -996,6 +1008,7 @@ class ClientService:
             await self._drop_new_queue(inbox)
             raise
         self._queues[(url, queue.recipient_id)] = queue
+        self._moves_repeated.add(row.id)  # just sent: no need to repeat it in this session
         self._move_resent.discard(row.id)
         if self._running:
             await self._subscribe(queue)
@@ -1787,6 +1800,30 @@ class ClientService:
 
     # ------------------------------------------------------------------ moves
 
+    async def _resend_pending_moves(self) -> None:
+        """A move started in an earlier session and still unacknowledged: its MOVE or the
+        answer may have been lost, so say it once more (the contact answers a repeat alike)."""
+        owners: dict[str, int] = {}
+        for q in self._queues.values():
+            if q.kind is QueueKind.CONTACT:
+                owners[q.owner] = owners.get(q.owner, 0) + 1
+        for cid, count in owners.items():
+            if count < 2 or cid in self._moves_repeated:
+                continue  # one inbox: no move pending; or already repeated in this session
+            self._moves_repeated.add(cid)
+            async with self._lock(cid):
+                try:
+                    channel = await self._channel(cid)
+                    block = channel.resend_move(now_ms=self._now_ms(), rng=self._rng)
+                except (NoSuchContact, LocalProtocolError):
+                    continue
+                try:
+                    await self._save_with_outbox(cid, channel, [(block, OutboxKind.CONTROL, None)])
+                except BaseException:
+                    self._channels.pop(cid, None)
+                    raise
+            self._kick(block.queue.relay)
+
     def _schedule_retire(self) -> None:
         if not self._running or (self._retirer is not None and not self._retirer.done()):
             return
@@ -1840,7 +1877,9 @@ class ClientService:
             if retiring is not None and retiring.recipient_id == q.recipient_id:
                 channel.finish_move()
             blob = channel.to_bytes(self._pickle_key)
-            doomed = replace(q, kind=QueueKind.DOOMED, owner="")
+            doomed = replace(
+                q, kind=QueueKind.DOOMED, owner="", retire_ms=self._now_ms() + RETIRE_GIVE_UP_MS
+            )
 
             def save() -> None:
                 with self._store.transaction():

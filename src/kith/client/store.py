@@ -121,7 +121,9 @@ class QueueKind(enum.IntEnum):
     INVITATION = 0  #: an invitation's inbox, owner = invitation id (hex)
     CONTACT = 1  #: a contact's current inbox, owner = contact id
     RETIRING = 2  #: a contact's previous inbox, drained until ``retire_ms``, then deleted
-    DOOMED = 3  #: to be deleted at the relay (forgotten contact, expired invitation)
+    #: To be deleted at the relay (forgotten contact, expired invitation); given up on at
+    #: ``retire_ms`` if the relay stays unreachable until then.
+    DOOMED = 3
 
 
 class OutboxKind(enum.IntEnum):
@@ -446,14 +448,16 @@ class ClientStore:
             (seconds * 1000, contact_id, seconds * 1000),
         )
 
-    def delete_contact(self, contact_id: str) -> None:
+    def delete_contact(self, contact_id: str, give_up_ms: int) -> None:
         """Delete the contact, its messages, outbox (cascade) and used invitation; its queues
         become DOOMED so they are deleted at the relay too."""
         with self.transaction():
             self._x(
-                "UPDATE queues SET kind = ?, owner = '' WHERE owner = ? AND kind IN (?, ?)",
+                "UPDATE queues SET kind = ?, owner = '', retire_ms = ?"
+                " WHERE owner = ? AND kind IN (?, ?)",
                 (
                     int(QueueKind.DOOMED),
+                    give_up_ms,
                     contact_id,
                     int(QueueKind.CONTACT),
                     int(QueueKind.RETIRING),
@@ -527,6 +531,15 @@ class ClientStore:
             else:
                 self.update_queue(q)
 
+    def drop_abandoned(self, now_ms: int) -> int:
+        """Forget doomed queues whose relay stayed unreachable until their give-up time (the
+        relay expires what they hold; trying forever would slow every sync)."""
+        self._x(
+            "DELETE FROM queues WHERE kind = ? AND retire_ms IS NOT NULL AND retire_ms <= ?",
+            (int(QueueKind.DOOMED), now_ms),
+        )
+        return _int(self._x("SELECT changes()")[0][0])
+
     def delete_queue(self, relay: str, recipient_id: bytes) -> None:
         self._x("DELETE FROM queues WHERE relay = ? AND recipient_id = ?", (relay, recipient_id))
 
@@ -548,7 +561,7 @@ class ClientStore:
             (state, contact_id, invitation_id),
         )
 
-    def expire_invitations(self, now_ms: int) -> int:
+    def expire_invitations(self, now_ms: int, give_up_ms: int) -> int:
         """Drop invitations past expiry; the queues of unused ones are doomed."""
         with self.transaction():
             expired = [
@@ -557,8 +570,9 @@ class ClientStore:
             ]
             for inv in expired:
                 self._x(
-                    "UPDATE queues SET kind = ?, owner = '' WHERE kind = ? AND owner = ?",
-                    (int(QueueKind.DOOMED), int(QueueKind.INVITATION), inv.hex()),
+                    "UPDATE queues SET kind = ?, owner = '', retire_ms = ?"
+                    " WHERE kind = ? AND owner = ?",
+                    (int(QueueKind.DOOMED), give_up_ms, int(QueueKind.INVITATION), inv.hex()),
                 )
                 self._x("DELETE FROM invitations WHERE id = ?", (inv,))
         return len(expired)

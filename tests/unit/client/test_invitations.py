@@ -159,3 +159,23 @@ async def test_own_invitation_and_taken_name_are_refused(make_profile: MakeProfi
         await alice.accept_invitation(theirs.uri, "bob")
     rows = await table_rows(alice)
     assert rows["contacts"] == 1 and rows["invitations"] == 1
+
+
+async def test_an_acceptance_waits_in_the_outbox_while_the_inviters_relay_is_down(
+    make_profile: MakeProfile, relay: Relay, relay2: Relay
+) -> None:
+    alice = await make_profile("alice", relay_url=relay2.url)  # alice lives on relay 2
+    bob = await make_profile("bob")  # bob on relay 1
+    invitation = await alice.create_invitation()
+    await relay2.stop()
+    pending = await bob.accept_invitation(invitation.uri, "alice")
+    assert pending.state is ContactState.PENDING
+    rows = await table_rows(bob)
+    assert rows["outbox"] == 1 and rows["contacts"] == 1
+    assert (await bob.sync(3)).unreachable == 1  # still down: nothing lost, nothing sent
+    await relay2.start()
+    assert (await bob.sync(5)).sent == 1
+    await alice.sync(5)
+    await bob.sync(5)
+    assert (await bob.contact("alice")).state is ContactState.ACTIVE
+    assert len(await alice.contacts()) == 1
