@@ -25,7 +25,7 @@ from kith.client.events import (
     Event,
     KeyChanged,
 )
-from kith.client.model import ContactInfo, SyncResult
+from kith.client.model import ContactInfo, MessageState, SyncResult
 from kith.client.service import ClientService
 from kith.protocol.qr import terminal_lines
 
@@ -220,6 +220,13 @@ async def send(service: ClientService, args: argparse.Namespace) -> int:
         (m for m in reversed(await service.messages(message.contact_id, 50)) if m.id == message.id),
         message,
     )
+    if current.state is MessageState.QUEUED:
+        if code == EXIT_OK and not args.json:
+            output.note(
+                "the relay did not take the message in time: it waits in the vault and goes "
+                "out with the next command that syncs"
+            )
+        code = EXIT_UNREACHABLE
     if args.json:
         names = await names_of(service)
         output.emit(

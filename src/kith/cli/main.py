@@ -239,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in CLIENT_COMMANDS:
             from kith.cli.profile import run
 
-            return run(args, connect_timeout=min(MAX_CONNECT_TIMEOUT, args.timeout))
+            # Half the time for connecting, so a dead relay is found (and said) in time.
+            return run(args, connect_timeout=min(MAX_CONNECT_TIMEOUT, args.timeout / 2))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 -- the one place that turns any failure into one line

@@ -20,9 +20,14 @@ from kith.client.service import ClientOptions, ClientService
 from kith.vault import NotAVault, VaultExists
 
 
+def client_options(connect_timeout: float) -> ClientOptions:
+    """The service's timings for one command (a seam the in-process tests shorten)."""
+    return ClientOptions(connect_timeout=connect_timeout)
+
+
 def run(args: argparse.Namespace, *, connect_timeout: float) -> int:
     profile: Path = args.profile if args.profile is not None else unlock.default_profile()
-    options = ClientOptions(connect_timeout=connect_timeout)
+    options = client_options(connect_timeout)
     if args.command == "init":
         return _init(profile, args, options)
     with unlock.hold_profile(profile):
@@ -58,12 +63,6 @@ def _init(profile: Path, args: argparse.Namespace, options: ClientOptions) -> in
 
     if args.insecure_kdf:
         chosen = params.INSECURE_FAST_PARAMS_FOR_TESTS_ONLY
-        print(
-            "kith: WARNING: --insecure-fast-kdf-for-tests: this profile's passphrase is "
-            "cheap to guess. For tests and demos only; never for a real profile.",
-            file=sys.stderr,
-            flush=True,
-        )
     else:
         if not args.json:
             output.note("measuring this device to choose the passphrase cost (a few seconds)")
@@ -87,6 +86,13 @@ def _init(profile: Path, args: argparse.Namespace, options: ClientOptions) -> in
             return service.relay_url
 
     relay = asyncio.run(create())
+    if args.insecure_kdf:
+        print(
+            "kith: WARNING: --insecure-fast-kdf-for-tests: this profile's passphrase is "
+            "cheap to guess. For tests and demos only; never for a real profile.",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.json:
         output.emit(
             {

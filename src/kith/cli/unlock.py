@@ -49,8 +49,19 @@ def default_profile() -> Path:
 
 
 def prepare_parent(profile: Path) -> None:
-    """Create the directories above a new profile, private (0700) where we create them."""
-    profile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the directories above a new profile, private (0700) where we create them.
+
+    Each missing level is made here, because ``mkdir(parents=True)`` would give the upper
+    ones the default mode, and ``~/.local/share/kith`` readable by others tells them kith is
+    installed.
+    """
+    missing = []
+    for directory in (profile.parent, *profile.parent.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
 
 
 @contextlib.contextmanager
