@@ -81,13 +81,14 @@ _READY = re.compile(rb"kith relay ready on 127\.0\.0\.1:(\d+)")
 
 
 class RelayProcess:
-    """``kith relay serve`` in its own process, bound to 127.0.0.1 on a port it picks."""
+    """``kith relay serve`` in its own process, bound to 127.0.0.1 on a port it picks (or on
+    ``port``, to restart a relay where its clients expect it)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, port: int = 0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kith.cli.main", "relay", "serve", "--host", "127.0.0.1",
-             "--port", "0", *args],
+             "--port", str(port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         self.port = self._await_ready(30)
