@@ -185,8 +185,13 @@ async def test_a_database_that_is_not_a_relay_store_is_refused(tmp_path: Path) -
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE contacts (name TEXT)")
     conn.close()
+    db.chmod(0o640)
+    before = db.read_bytes()
     with pytest.raises(SchemaError, match=r"not a kith relay store"):
         await opened(db)
+    # Not ours: not switched to WAL, not re-permissioned, not written.
+    assert db.read_bytes() == before
+    assert mode(db) == 0o640
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()

@@ -177,15 +177,10 @@ class SQLiteStore:
         await asyncio.to_thread(self._release)
 
     def _open(self) -> None:
+        """Open (or create) the file, refusing, before changing anything, a file that is not
+        a relay store this code understands."""
         path = self._path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
-        try:
-            os.fchmod(fd, _FILE_MODE)
-        finally:
-            os.close(fd)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(f"{path}{suffix}", _FILE_MODE)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE))  # a new file is 0600
         self._lock_fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT, _FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,6 +190,10 @@ class SQLiteStore:
         try:
             w = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
             self._wconn = w
+            version = self._schema_version(w)
+            for name in (path, f"{path}-wal", f"{path}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(name, _FILE_MODE)  # tighten a file an older setup left readable
             if w.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise StoreUnavailable("sqlite refused WAL mode")
             w.execute("PRAGMA synchronous=FULL")
@@ -205,7 +204,7 @@ class SQLiteStore:
             w.execute("PRAGMA foreign_keys=ON")
             w.execute("PRAGMA journal_size_limit=16777216")
             w.execute("PRAGMA cache_size=-16000")
-            self._migrate(w)
+            self._migrate(w, version)
             r = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
             self._rconn = r
             r.execute("PRAGMA query_only=ON")
@@ -216,7 +215,8 @@ class SQLiteStore:
             raise SchemaError(f"{path} is not a usable SQLite database: {exc}") from exc
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        """The file's schema version (0: empty file); SchemaError if we must not touch it."""
         tables = {
             row[0]
             for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -224,17 +224,21 @@ class SQLiteStore:
         if "schema_version" not in tables:
             if tables:
                 raise SchemaError("database exists but is not a kith relay store")
-            version = 0
-        else:
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = int(row[0]) if row and row[0] is not None else 0
-            if version == 0:
-                raise SchemaError("kith relay store has no schema version")
+            return 0
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = int(row[0]) if row and row[0] is not None else 0
+        if version == 0:
+            raise SchemaError("kith relay store has no schema version")
         if version > SCHEMA_VERSION:
             raise SchemaError(
                 f"relay database has schema v{version}, newer than this kith understands "
                 f"(v{SCHEMA_VERSION}); upgrade kith or use the matching release"
             )
+        return version
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        """Bring a file at ``version`` (0: empty) up to SCHEMA_VERSION, one step per file."""
         while version < SCHEMA_VERSION:
             name = (
                 f"sqlite_schema_v{SCHEMA_VERSION}.sql"
