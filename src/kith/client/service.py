@@ -1206,6 +1206,12 @@ class ClientService:
                 done = await self._relay_pass(url)
             except ProfileLocked:
                 return
+            except KithError as exc:
+                # The vault failed under us (disk full, damage): keep the rows, try later.
+                self._stats["background_errors"] += 1
+                # The type only: a traceback could carry ids or names into a log.
+                log.error("outbox worker failed: %s", type(exc).__name__)  # noqa: TRY400
+                done = False
             if done:
                 attempt = 0
                 if not wake.is_set():
