@@ -20,13 +20,14 @@ their delivery counts in shared memory), so backlogs stay far below the relay's 
 and the window, and "saturation" means the server, not a queue limit, sets the pace.
 
 Figures: delivered messages/s at saturation (median of ``--repeats`` windows after a warm-up),
-p50/p99 send-to-push latency at a fixed offered load (the sender writes CLOCK_MONOTONIC
-nanoseconds into the body; the subscriber, on the same machine, subtracts), the server's CPU
+p50/p99 send-to-push latency at a fixed offered load (median over the same rounds; the sender
+writes CLOCK_MONOTONIC nanoseconds into the body; the subscriber, on the same machine,
+subtracts), the server's CPU
 (user+sys seconds per wall second, /proc/PID/stat) and peak RSS (VmHWM), and the RSS of a
 server holding ``--idle`` idle subscribed connections.
 
-Run: ``.venv/bin/python bench/relay_load.py`` (about 4 minutes), ``--quick`` (about 1 minute),
-``--stores sqlite,memory,redis`` for every backend. Ctrl-C stops and cleans up.
+Run: ``.venv/bin/python bench/relay_load.py`` (about 3 minutes), ``--quick`` (about 1 minute),
+``--stores sqlite,memory,redis`` for every backend (about 8 minutes). Ctrl-C stops and cleans up.
 """
 
 from __future__ import annotations
@@ -145,11 +146,12 @@ class Throughput:
     relay_cpu: list[float] = field(default_factory=list)
     store_cpu: list[float] = field(default_factory=list)
     gen_cpu: list[float] = field(default_factory=list)
-    offered_rate: float = 0.0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
+    #: one entry per latency round
+    offered: list[float] = field(default_factory=list)
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    cpu_at: list[float] = field(default_factory=list)
     samples: int = 0
-    cpu_at_rate: float = float("nan")
     peak_rss_mib: float = float("nan")
     rss_mib: float = float("nan")
     errors: dict[str, int] = field(default_factory=dict)
@@ -160,6 +162,23 @@ class Throughput:
     @property
     def median_rate(self) -> float:
         return median(self.runs)
+
+    @property
+    def p50_ms(self) -> float:
+        return median(self.p50s)
+
+    @property
+    def p99_ms(self) -> float:
+        return median(self.p99s)
+
+    @property
+    def cpu_at_rate(self) -> float:
+        return median(self.cpu_at)
+
+    @property
+    def us_per_msg(self) -> float:
+        """Server CPU microseconds per message at the fixed rate (median over rounds)."""
+        return median([c * 1e6 / r for c, r in zip(self.cpu_at, self.offered, strict=True) if r])
 
 
 @dataclass(slots=True)
@@ -855,15 +874,16 @@ class Rig:
             flush=True,
         )
 
-    def latency(self) -> None:
+    def latency(self, run: int) -> None:
         opt, res, server = self.opt, self.res, self.server
-        warm = min(opt.warmup, 2.0)
+        warm = min(opt.warmup, 1.5)
         self.sender.send(("paced", opt.rate, warm, opt.latency_window))
         time.sleep(warm)
         cpu_at = CpuMeter(server.pids)
         time.sleep(opt.latency_window)
-        res.cpu_at_rate = cpu_at.read()
-        _, self.sent, res.offered_rate, errors = _expect(self.sender, "done")
+        res.cpu_at.append(cpu_at.read())
+        _, self.sent, offered, errors = _expect(self.sender, "done")
+        res.offered.append(offered)
         res.undelivered += _drain(self.delivered, self.sent, 30)
         samples: list[int] = []
         found: Counter[str] = Counter(errors)
@@ -873,14 +893,15 @@ class Rig:
             samples += got
             found.update(errs)
         samples.sort()
-        res.samples = len(samples)
-        res.p50_ms = percentile(samples, 50) / 1e6
-        res.p99_ms = percentile(samples, 99) / 1e6
+        res.samples += len(samples)
+        res.p50s.append(percentile(samples, 50) / 1e6)
+        res.p99s.append(percentile(samples, 99) / 1e6)
         res.errors = dict(found)
         print(
-            f"   {self.target.label}, latency at {opt.rate:,.0f} msg/s offered (achieved "
-            f"{res.offered_rate:,.0f}): p50 {res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms over "
-            f"{res.samples:,} messages; server CPU {res.cpu_at_rate:.2f}",
+            f"   {self.target.label}, latency {run}/{opt.repeats} at {opt.rate:,.0f} msg/s "
+            f"offered (achieved {offered:,.0f}): p50 {res.p50s[-1]:.2f} ms, "
+            f"p99 {res.p99s[-1]:.2f} ms over {len(samples):,} messages; "
+            f"server CPU {res.cpu_at[-1]:.2f}",
             flush=True,
         )
 
@@ -891,7 +912,8 @@ class Rig:
         if server.redis is not None:
             res.store_peak_rss_mib = peak_rss_mib(server.redis.pid)
         print(
-            f"   {self.target.label}: median {res.median_rate:,.0f} msg/s; "
+            f"   {self.target.label}: median {res.median_rate:,.0f} msg/s, p50 "
+            f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms; "
             f"server peak RSS {res.peak_rss_mib:.0f} MiB"
             + (
                 f" (redis-server peak RSS {res.store_peak_rss_mib:.0f} MiB)"
@@ -924,9 +946,8 @@ def run_throughput(
             probes.append(probe)
             for rig in rigs:
                 rig.saturate(run)
-        print()
-        for rig in rigs:
-            rig.latency()
+            for rig in rigs:
+                rig.latency(run)
         print()
         return [rig.finish() for rig in rigs]
     finally:
@@ -993,11 +1014,12 @@ def _summary(tp: list[Throughput], idle: list[Idle], opt: Options, probes: list[
         print(
             f"{t.target.label:<34}{t.median_rate:>9,.0f}{ratio:>8.2f}{t.p50_ms:>8.2f}"
             f"{t.p99_ms:>8.2f}{median(t.relay_cpu):>9.2f}{t.cpu_at_rate:>9.2f}"
-            f"{t.cpu_at_rate * 1e6 / t.offered_rate if t.offered_rate else float('nan'):>8.0f}"
+            f"{t.us_per_msg:>8.0f}"
             f"{t.peak_rss_mib:>10.0f}"
         )
     print(
-        f"(p50/p99: send-to-push latency at {opt.rate:,.0f} msg/s offered; CPU: server "
+        f"(medians over the rounds; p50/p99: send-to-push latency at {opt.rate:,.0f} msg/s "
+        "offered; CPU: server "
         "user+sys in cores, at saturation and at that rate; us/msg: server CPU microseconds "
         "per message at that rate; peak: server VmHWM)"
     )
@@ -1025,7 +1047,7 @@ def _options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--window", type=float, default=5.0, help="seconds per saturation window")
-    ap.add_argument("--latency-window", type=float, default=6.0)
+    ap.add_argument("--latency-window", type=float, default=5.0)
     ap.add_argument(
         "--inflight",
         type=int,
@@ -1050,7 +1072,7 @@ def _options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     a = ap.parse_args(argv)
     if a.quick:
         a.subscribers, a.senders, a.idle = min(a.subscribers, 200), min(a.senders, 20), 2000
-        a.repeats, a.warmup, a.window, a.latency_window = 3, 1.0, 2.0, 3.0
+        a.repeats, a.warmup, a.window, a.latency_window = 3, 1.0, 2.0, 2.0
     stores = tuple(s.strip() for s in a.stores.split(",") if s.strip())
     bad = [s for s in stores if s not in ("sqlite", "memory", "redis")]
     if bad or a.subscribers < 1 or a.senders < 1 or a.sub_procs < 1 or a.idle_procs < 1:
