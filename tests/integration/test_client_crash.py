@@ -84,7 +84,7 @@ async def test_sender_and_relay_killed_mid_conversation_deliver_exactly_once_in_
 ) -> None:
     port = free_port()
     db = tmp_path / "relay.db"
-    relay = RelayProcess("--store", "sqlite", "--db", str(db), "--port", str(port))
+    relay = RelayProcess("--store", "sqlite", "--db", str(db), port=port)
     alice = bob = None
     workers: list[Worker] = []
     try:
@@ -112,7 +112,7 @@ async def test_sender_and_relay_killed_mid_conversation_deliver_exactly_once_in_
         await second.until_queued(20)
         relay.kill()
         await asyncio.sleep(0.5)
-        relay = RelayProcess("--store", "sqlite", "--db", str(db), "--port", str(port))
+        relay = RelayProcess("--store", "sqlite", "--db", str(db), port=port)
         await second.until_flushed()
 
         # The truth is what the sender's vault holds (a message whose "queued" line never
