@@ -18,10 +18,12 @@ from kith.client.errors import ProfileCorrupt
 from kith.client.model import MessageState
 from kith.client.relay import RelayClient, RelayError, RelayProtocolError, RelayUnreachable
 from kith.client.service import ClientService
-from kith.client.store import ClientStore
+from kith.client.store import ClientStore, QueueKind
+from kith.crypto.signing import SigningKey
 from kith.crypto.sqlstore import SqlStoreError
 from kith.errors import KithError
 from kith.protocol import relay as p
+from kith.protocol.invitation import Invitation
 from kith.relay.store.base import Limits
 from kith.vault import NotAVault, WrongPassphrase
 
@@ -197,8 +199,6 @@ async def test_garbage_blocks_are_dropped_acknowledged_and_counted(
     bob = await make_profile("bob")
     invitation = await alice.create_invitation()
     # Anyone holding the link can write to the invitation's queue until it is used.
-    from kith.protocol.invitation import Invitation
-
     sender_id = Invitation.from_uri(invitation.uri).sender_id
     async with await RelayClient.connect(relay.url) as raw:
         size = raw.block_size
@@ -354,3 +354,29 @@ async def test_damage_found_later_is_a_clear_error_not_a_crash(
             await service.messages(contact.id, 10_000)
     finally:
         await service.lock()
+
+
+async def test_a_message_the_relay_lost_is_asked_for_and_sent_again_once(
+    make_profile: MakeProfile, relay: Relay
+) -> None:
+    alice = await make_profile("alice")
+    bob = await make_profile("bob")
+    contact, _ = await pair(alice, bob, "alice")
+    await alice.send(contact, "lost on the way")
+    await alice.sync(5)
+    # The relay loses it: someone takes it off bob's queue behind his back.
+    (queue,) = [q for q in bob._queues.values() if q.kind is QueueKind.CONTACT]
+    async with await RelayClient.connect(relay.url) as raw:
+        await raw.subscribe(queue.recipient_id, SigningKey(queue.auth_seed))
+        taken = await raw.next_message(timeout=5)
+        await raw.ack(queue.recipient_id, taken.msg_id)
+    await alice.send(contact, "arrives")
+    await alice.sync(5)
+    await bob.sync(5)  # "arrives" shows a gap before it; once quiet, bob asks again
+    assert bob.stats["resend_requests"] == 1
+    await alice.sync(5)  # the text again, with its original message id
+    assert alice.stats["resent"] == 1
+    await bob.sync(5)
+    assert await _texts(bob, "alice") == ["arrives", "lost on the way"]
+    await alice.sync(5)
+    assert all(m.state is MessageState.DELIVERED for m in await alice.messages(contact))
