@@ -130,7 +130,9 @@ async def test_second_subscriber_takes_over(relay: RelayServer) -> None:
         assert (await a2.next_message(timeout=5)).body == block(9)
 
 
-async def test_quota_is_a_typed_refusal_and_keeps_stored_messages(relay: RelayServer) -> None:
+async def test_quota_is_a_typed_refusal_and_keeps_stored_messages(
+    relay: RelayServer, caplog: pytest.LogCaptureFixture
+) -> None:
     async with await RelayClient.connect(url(relay)) as alice:
         key, rid, sid = await queue(alice)
         for i in range(20):
@@ -141,6 +143,9 @@ async def test_quota_is_a_typed_refusal_and_keeps_stored_messages(relay: RelaySe
         await alice.subscribe(rid, key)
         bodies = [(await alice.next_message(timeout=5)).body for _ in range(4)]
         assert bodies == [block(i) for i in range(4)]
+    # An expected refusal is not an internal error and leaves nothing in the log.
+    assert relay.counters.values.get("internal_errors", 0) == 0
+    assert not [r for r in caplog.records if r.name.startswith("kith.relay")]
 
 
 async def test_garbage_gets_typed_errors_and_the_connection_survives(relay: RelayServer) -> None:

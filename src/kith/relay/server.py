@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from kith.errors import StoreUnavailable
+from kith.errors import StoreError, StoreUnavailable
 from kith.relay import core
 from kith.relay.metrics import MetricsServer
 from kith.relay.store.base import Store, StoredRef
@@ -94,6 +94,10 @@ class _Connection:
             outcome = await self.relay.execute(effect)
         except StoreUnavailable as exc:
             self.relay.store_unavailable()
+            outcome = exc
+        except StoreError as exc:
+            # An expected refusal (no such queue, quota, wrong sender key): the core turns it
+            # into a typed ERR frame; nothing to log.
             outcome = exc
         except Exception as exc:
             self.relay.counters.add("internal_errors")
