@@ -360,6 +360,92 @@ def test_a_client_killed_mid_batch_loses_and_repeats_nothing(
         relay.stop()
 
 
+# ----------------------------------------------------------------------------- a terminal
+
+# Runs kith in a new session whose controlling terminal is the pty on fd 0, as a login shell
+# would: getpass then reads from /dev/tty. (A helper process rather than preexec_fn: the test
+# process has threads, and preexec_fn is unsafe with threads.)
+_ON_A_TTY = (
+    "import fcntl, os, sys, termios\n"
+    "os.setsid()\n"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'kith.cli.main', *sys.argv[1:]])\n"
+)
+
+
+def on_a_terminal(argv: list[str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """Run kith on a pty; when the screen shows each prompt, type its answer."""
+    import select
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ON_A_TTY, *argv], stdin=slave, stdout=slave, stderr=slave,
+        env=_env(),
+    )
+    os.close(slave)
+    screen = b""
+    pending = list(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the other side is closed
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            if pending and screen.endswith(pending[0][0]):
+                os.write(master, pending.pop(0)[1] + b"\n")
+            elif proc.poll() is not None and not ready:
+                break
+        return proc.wait(30), screen
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_passphrases_typed_on_a_terminal_are_not_echoed(vaults: Path) -> None:
+    relay = RelayProcess("--store", "memory")
+    try:
+        profile = str(vaults / "typed")
+        secret = b"typed on a terminal " + secrets.token_hex(4).encode()
+        init = ["--profile", profile, "init", "--relay", relay.url,
+                "--insecure-fast-kdf-for-tests"]
+
+        code, screen = on_a_terminal(
+            init, [(b"new passphrase: ", secret), (b"the same passphrase again: ", b"other")]
+        )
+        assert code == EXIT_ERROR
+        assert b"the two passphrases differ; nothing was created" in screen
+        assert not Path(profile).exists()
+
+        code, screen = on_a_terminal(
+            init, [(b"new passphrase: ", secret), (b"the same passphrase again: ", secret)]
+        )
+        assert code == EXIT_OK, screen
+        assert b"profile created at" in screen
+        assert secret not in screen
+
+        code, screen = on_a_terminal(
+            ["--profile", profile, "contacts"], [(b"passphrase: ", secret)]
+        )
+        assert code == EXIT_OK, screen
+        assert b"no contacts yet" in screen
+        assert secret not in screen
+
+        code, screen = on_a_terminal(["--profile", profile, "contacts"], [(b"passphrase: ", b"no")])
+        assert code == EXIT_PASSPHRASE
+        assert screen.endswith(b"kith: error: wrong passphrase\r\n")
+        assert b"Traceback" not in screen
+    finally:
+        relay.stop()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
