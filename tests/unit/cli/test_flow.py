@@ -42,6 +42,11 @@ def test_full_flow(alice: Profile, bob: Profile) -> None:
     a_shows = alice("verify", "bob", "--show", "--json").json()
     b_shows = bob("verify", "alice", "--show", "--json").json()
     assert a_shows["safety_number"] == b_shows["safety_number"]
+    assert alice("verify", "bob", "--json").json() == a_shows  # no digits: only shown
+    shown = alice("verify", "bob")  # no terminal to type on: shown, and how to go on
+    assert shown.code == EXIT_OK
+    assert shown.out.splitlines()[1] == " ".join(a_shows["safety_number"].split()[:4])
+    assert "kith verify bob DIGITS" in shown.err
     assert len(a_shows["safety_number"].replace(" ", "")) == 60
     res = bob("verify", "alice", *a_shows["safety_number"].split())
     assert res.code == EXIT_OK and res.out.strip() == "alice is verified"
