@@ -76,7 +76,8 @@ async def listen(service: ClientService, args: argparse.Namespace) -> int:
     try:
         await service.start()
         printer = _Printer(service, args.json, names)
-        _ready(service, args.json, sum(c.unread for c in await service.contacts()))
+        unread = sum(c.unread for c in await service.contacts())
+        _ready(args.json, unread, "listening; Ctrl-C to stop")
         async for event in stream:
             printer.event(event)
             if isinstance(event, MessageReceived):
@@ -87,14 +88,14 @@ async def listen(service: ClientService, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ready(service: ClientService, json_mode: bool, unread: int) -> None:
+def _ready(json_mode: bool, unread: int, how: str) -> None:
     """Tell whoever started us that the inboxes are subscribed (scripts wait for this)."""
     if json_mode:
         output.emit({"event": "ready", "unread": unread})
         return
     if unread:
         output.note(f"{unread} unread message(s) from before: kith inbox")
-    output.note("listening; Ctrl-C to stop")
+    output.note(how)
 
 
 def _stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes | None]) -> None:
@@ -159,7 +160,9 @@ async def chat(service: ClientService, args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         await service.start()
-        _ready(service, args.json, sum(c.unread for c in await service.contacts()))
+        unread = sum(c.unread for c in await service.contacts())
+        _ready(args.json, unread, f"chat with {contact.name}: each line you enter is sent; "
+               "Ctrl-D to end")
         show = asyncio.ensure_future(_show(service, stream, printer, contact.id))
         _stdin_reader(asyncio.get_running_loop(), lines)
         typing = asyncio.ensure_future(
