@@ -13,7 +13,6 @@ The two profiles use the test-only Argon2id cost so the demo runs in seconds; re
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import tempfile
 import time
@@ -83,19 +82,6 @@ async def _profile(path: Path, url: str) -> ClientService:
 
 
 async def run_demo(store: str = "sqlite") -> int:
-    # The in-process relay logs to this process's stderr; its log is not part of the demo.
-    relay_log = logging.getLogger("kith.relay")
-    quiet, propagate = logging.NullHandler(), relay_log.propagate
-    relay_log.addHandler(quiet)
-    relay_log.propagate = False
-    try:
-        return await _demo(store)
-    finally:
-        relay_log.removeHandler(quiet)
-        relay_log.propagate = propagate
-
-
-async def _demo(store: str) -> int:
     with tempfile.TemporaryDirectory(prefix="kith-demo-") as tmp:
         root = Path(tmp)
         relay_dir = root / "relay"
