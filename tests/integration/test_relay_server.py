@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -11,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kith.client.relay import RelayClient, RelayRefused
 from kith.crypto.signing import SigningKey
+from kith.errors import StoreUnavailable
 from kith.protocol import relay as p
 from kith.relay.core import RelayConfig
 from kith.relay.server import RelayServer, ServerConfig
@@ -188,3 +190,32 @@ async def test_metrics_are_aggregate_only(relay: RelayServer) -> None:
     assert "kith_relay_queues_created_total 1" in text
     for secret in (rid.hex(), sid.hex(), "127.0.0.1"):
         assert secret not in text
+
+
+class FlakyReads(MemoryStore):
+    """A memory store whose first few reads of pending messages fail, as Redis does while it
+    restarts."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def pending(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("down")
+        return await super().pending(*args, **kwargs)
+
+
+async def test_a_failed_fetch_is_retried_without_any_new_hint() -> None:
+    store = FlakyReads(failures=2)
+    server = RelayServer(store, ServerConfig(port=0, relay=RelayConfig(block_size=BLOCK)))
+    await server.start()
+    try:
+        async with await RelayClient.connect(url(server)) as alice:
+            key, rid, sid = await queue(alice)
+            await alice.send(sid, block(7))  # stored before anyone subscribes: no hint later
+            await alice.subscribe(rid, key)  # its fetch fails, twice
+            assert (await alice.next_message(timeout=10)).body == block(7)
+    finally:
+        await server.stop()

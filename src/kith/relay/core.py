@@ -267,10 +267,15 @@ class RelayConnection:
             return [_err(exc.corr_id, exc.code)]
         return self._dispatch(cmd, now)
 
-    def notify(self, recipient_id: bytes, now: float) -> list[Output]:
-        """The store hints that a message for ``recipient_id`` may be waiting."""
+    def notify(self, recipient_id: bytes, now: float, seq: int | None = None) -> list[Output]:
+        """The store hints that a message for ``recipient_id`` may be waiting.
+
+        ``seq``, when known, is the message's sequence number: a hint for a message this
+        subscription has already seen (pushed straight after it was stored) is dropped, which
+        saves a store read per message on the hot path.
+        """
         sub = self._subs.get(recipient_id)
-        if sub is None:
+        if sub is None or (seq is not None and seq <= sub.last_seq):
             return []
         sub.dirty = True
         return self._maybe_fetch(recipient_id, sub, now)

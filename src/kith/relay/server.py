@@ -40,6 +40,9 @@ log = logging.getLogger("kith.relay")
 #: unacknowledged messages stay stored and are redelivered when it subscribes again.
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 
+#: Seconds before a subscription whose fetch failed (storage unavailable) is fetched again.
+FETCH_RETRY_DELAY = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -106,8 +109,18 @@ class _Connection:
         if self.closed:
             return
         self.run(self.core.complete(effect, outcome, time.time()))
+        if isinstance(effect, core.Fetch) and isinstance(outcome, BaseException):
+            # The core kept the subscription owed a fetch; try again shortly rather than wait
+            # for a hint or an ACK that may never come.
+            asyncio.get_running_loop().call_later(
+                FETCH_RETRY_DELAY, self._retry_fetch, effect.recipient_id
+            )
         if isinstance(effect, core.StoreMessage) and isinstance(outcome, StoredRef):
             self.relay.stored(outcome, effect.body, effect.msg_id)
+
+    def _retry_fetch(self, recipient_id: bytes) -> None:
+        if not self.closed:
+            self.run(self.core.notify(recipient_id, time.time()))
 
     def close(self) -> None:
         self.run(self.core.close())
@@ -231,10 +244,10 @@ class RelayServer:
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    def _on_notify(self, recipient_id: bytes) -> None:
+    def _on_notify(self, recipient_id: bytes, seq: int | None) -> None:
         conn = self._subscribers.get(recipient_id)
         if conn is not None:
-            conn.run(conn.core.notify(recipient_id, time.time()))
+            conn.run(conn.core.notify(recipient_id, time.time(), seq))
 
     def stored(self, ref: StoredRef, body: bytes, msg_id: bytes) -> None:
         conn = self._subscribers.get(ref.recipient_id)

@@ -36,7 +36,7 @@ class Hints:
         self.seen: list[bytes] = []
         self._changed = asyncio.Event()
 
-    def __call__(self, recipient_id: bytes) -> None:
+    def __call__(self, recipient_id: bytes, seq: int | None = None) -> None:
         self.seen.append(recipient_id)
         self._changed.set()
 

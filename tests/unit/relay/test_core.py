@@ -201,6 +201,17 @@ def test_notify_during_fetch_fetches_again_afterwards() -> None:
     assert conn.notify(b"X" * 16, NOW) == []  # not subscribed here: ignored
 
 
+def test_hint_for_a_message_already_pushed_is_dropped() -> None:
+    conn = make(window=8)
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    conn.complete(fetch, [msg(1)], NOW)
+    assert conn.notify(rid, NOW, seq=1) == []  # already delivered: no store read
+    [again] = conn.notify(rid, NOW, seq=2)
+    assert isinstance(again, core.Fetch) and again.after_seq == 1
+
+
 def test_direct_delivery_only_when_nothing_can_be_missed() -> None:
     conn = make(window=8)
     key = SigningKey.generate()

@@ -90,8 +90,10 @@ class Limits:
 
 
 #: Called with a recipient id when a message for it may be pending (possibly from another
-#: relay process). Must not block; may be called spuriously.
-NotifyFn = Callable[[bytes], None]
+#: relay process), and the message's ``seq`` when the store knows it (a put made through this
+#: very store instance), else None. Must not block; may be called spuriously. The seq lets the
+#: relay skip a hint for a message it already pushed straight from ``put_message``'s result.
+NotifyFn = Callable[[bytes, int | None], None]
 
 
 class Store(Protocol):

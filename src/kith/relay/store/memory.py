@@ -147,12 +147,12 @@ class MemoryStore:
         q.messages[msg_id] = StoredMessage(q.last_seq, msg_id, now, body)
         rid = q.record.recipient_id
         if rid in self._watchers:
-            loop.call_soon(self._hint, rid)
+            loop.call_soon(self._hint, rid, q.last_seq)
         return StoredRef(rid, q.last_seq, now)
 
-    def _hint(self, recipient_id: bytes) -> None:
+    def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
         if self._notify is not None and not self._closed:
-            self._notify(recipient_id)
+            self._notify(recipient_id, seq)
 
     async def pending(
         self, recipient_id: bytes, after_seq: int, limit: int, now: int, limits: Limits

@@ -644,9 +644,10 @@ class RedisStore:
         code = result[0]
         if code == 4:
             rid = bytes.fromhex(result[1].decode())
+            seq = int(result[2])
             if rid in self._watchers and self._loop is not None:
-                self._loop.call_soon(self._hint, rid)
-            return StoredRef(rid, int(result[2]), int(now))
+                self._loop.call_soon(self._hint, rid, seq)
+            return StoredRef(rid, seq, int(now))
         if code == 1:
             raise NotAuthorized("queue is secured")
         if code == 2:
@@ -711,11 +712,11 @@ class RedisStore:
     def _channel(self, recipient_id: bytes) -> bytes:
         return self._channel_prefix + recipient_id.hex().encode()
 
-    def _hint(self, recipient_id: bytes) -> None:
+    def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
         if self._notify is None or not self._running:
             return
         try:
-            self._notify(recipient_id)
+            self._notify(recipient_id, seq)
         except Exception:  # a faulty callback must not stop hints for every other queue
             log.exception("relay notify callback failed")
 

@@ -471,12 +471,12 @@ class SQLiteStore:
 
         ref: StoredRef = await self._submit(op)
         if ref.recipient_id in self._watchers and self._loop is not None:
-            self._loop.call_soon(self._hint, ref.recipient_id)
+            self._loop.call_soon(self._hint, ref.recipient_id, ref.seq)
         return ref
 
-    def _hint(self, recipient_id: bytes) -> None:
+    def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
         if self._notify is not None and self._running:
-            self._notify(recipient_id)
+            self._notify(recipient_id, seq)
 
     async def pending(
         self, recipient_id: bytes, after_seq: int, limit: int, now: int, limits: Limits
