@@ -237,8 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve(args)
         if args.command in CLIENT_COMMANDS:
+            from kith.cli.hardening import forbid_core_dumps
             from kith.cli.profile import run
 
+            forbid_core_dumps()
             # Half the time for connecting, so a dead relay is found (and said) in time.
             return run(args, connect_timeout=min(MAX_CONNECT_TIMEOUT, args.timeout / 2))
     except KeyboardInterrupt:

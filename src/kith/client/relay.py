@@ -47,6 +47,14 @@ class RelayRefused(RelayError):
         self.code = code
 
 
+def socks5h(proxy: str) -> str:
+    """Normalise a SOCKS5 proxy URL so names resolve at the proxy; refuse anything else."""
+    scheme, sep, rest = proxy.partition("://")
+    if not sep or scheme.lower() not in ("socks5", "socks5h") or not rest:
+        raise RelayError("proxy must be a SOCKS5 URL such as socks5h://127.0.0.1:9050")
+    return "socks5h://" + rest
+
+
 class RelayClient:
     """One WebSocket connection to a relay. Create with :meth:`connect`."""
 
@@ -64,7 +72,14 @@ class RelayClient:
     async def connect(
         cls, url: str, *, timeout: float = 10.0, proxy: str | None = None
     ) -> RelayClient:
-        """Connect and read the relay's HELLO. ``proxy`` is e.g. ``socks5h://127.0.0.1:9050``."""
+        """Connect and read the relay's HELLO. ``proxy`` is e.g. ``socks5h://127.0.0.1:9050``.
+
+        A ``socks5://`` proxy is used as ``socks5h://``: the relay's host name is always resolved
+        by the proxy (Tor), never by the local resolver, which would tell the local network and
+        its DNS servers which relay this device talks to. Other proxy schemes are refused.
+        """
+        if proxy is not None:
+            proxy = socks5h(proxy)
         try:
             async with asyncio.timeout(timeout):
                 kwargs: dict[str, Any] = {

@@ -150,10 +150,11 @@ class _Relay:
                 continue  # unsubscribed meanwhile; the relay will redeliver if resubscribed
             try:
                 await self.pool.on_message(self.url, msg)
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - one bad message must not end the connection
                 # The service failed to handle one message: leave it unacknowledged (it comes
-                # back on the next subscription) and keep the connection.
-                log.exception("message handler failed")
+                # back on the next subscription) and keep the connection. Log the type only: a
+                # traceback's locals and messages could carry names or content.
+                log.error("message handler failed: %s", type(exc).__name__)  # noqa: TRY400
 
     async def _sleep_backoff(self) -> None:
         delay = self.pool.backoff.delay(self.failed_attempts)
