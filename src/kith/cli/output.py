@@ -31,6 +31,7 @@ from kith.client.events import (
     MessageReceived,
     MessagesExpired,
     MessageStateChanged,
+    SubscriptionTakenOver,
 )
 from kith.client.model import ContactInfo, InvitationInfo, MessageInfo, SyncResult
 
@@ -146,6 +147,12 @@ def event_json(e: Event, names: Mapping[str, str]) -> JsonObject:
         return {"event": "messages_expired", "contact_id": e.contact_id, "count": e.count}
     if isinstance(e, ConnectionChanged):
         return {"event": "connection", "relay": e.relay, "state": e.state.value}
+    if isinstance(e, SubscriptionTakenOver):
+        return {
+            "event": "subscription_taken_over",
+            "relay": e.relay,
+            "contact": contact_json(e.contact) if e.contact is not None else None,
+        }
     kinds: dict[type, str] = {
         ContactAdded: "contact_added",
         ContactConfirmed: "contact_confirmed",
@@ -203,6 +210,12 @@ def event_line(e: Event, names: Mapping[str, str]) -> str | None:
     if isinstance(e, MessagesExpired):
         who = names.get(e.contact_id, e.contact_id)
         return f"-- {e.count} disappearing message(s) with {who} deleted"
+    if isinstance(e, SubscriptionTakenOver):
+        whose = f"your inbox for {e.contact.name}" if e.contact else "an invitation's inbox"
+        return (
+            f"!! another device just subscribed to {whose}: a copy of this profile may be "
+            "running elsewhere (a seized or cloned phone, or a backup). Warn your contacts."
+        )
     if isinstance(e, ConnectionChanged) and e.state.value != "connecting":
         return f"-- relay {e.state.value}"
     return None

@@ -28,6 +28,7 @@ __all__ = [
     "MessageReceived",
     "MessageStateChanged",
     "MessagesExpired",
+    "SubscriptionTakenOver",
 ]
 
 
@@ -112,6 +113,19 @@ class ConnectionChanged:
     state: ConnectionState
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionTakenOver:
+    """Another connection subscribed to one of this profile's inboxes at its relay.
+
+    Only a holder of that inbox's key can do that: a copy of this profile (a cloned or seized
+    device, or a backup) is running elsewhere. ``contact`` is None for an invitation's inbox.
+    The service takes the subscription back once; an interface must show this loudly.
+    """
+
+    relay: str
+    contact: ContactInfo | None
+
+
 Event = (
     MessageReceived
     | MessageStateChanged
@@ -124,4 +138,5 @@ Event = (
     | ContactMoved
     | MessagesExpired
     | ConnectionChanged
+    | SubscriptionTakenOver
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -65,6 +65,9 @@ class RelayClient:
         self._waiting: dict[int, asyncio.Future[p.Reply]] = {}
         self.messages: asyncio.Queue[p.Msg] = asyncio.Queue()
         self.ended: asyncio.Queue[bytes] = asyncio.Queue()
+        #: Called (synchronously) with the recipient id when the relay says another connection
+        #: took over that queue's subscription (END).
+        self.on_end: Callable[[bytes], None] | None = None
         self._reader = asyncio.create_task(self._read())
         self._failure: RelayError | None = None
 
@@ -224,6 +227,8 @@ class RelayClient:
                     self.messages.put_nowait(reply)
                 elif isinstance(reply, p.End):
                     self.ended.put_nowait(reply.recipient_id)
+                    if self.on_end is not None:
+                        self.on_end(reply.recipient_id)
                 elif isinstance(reply, p.Hello):
                     raise p.FrameError(p.ErrorCode.MALFORMED, "second HELLO")
                 else:

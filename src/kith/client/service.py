@@ -71,6 +71,7 @@ from kith.client.events import (
     MessageReceived,
     MessagesExpired,
     MessageStateChanged,
+    SubscriptionTakenOver,
 )
 from kith.client.model import (
     ContactInfo,
@@ -1029,6 +1030,7 @@ class ClientService:
         return RelayPool(
             self._on_message,
             on_state=self._on_state,
+            on_taken_over=self._on_taken_over,
             proxy=self._proxy,
             backoff=self._options.backoff,
             connect_timeout=self._options.connect_timeout,
@@ -1369,6 +1371,21 @@ class ClientService:
             self._kick(url)
         else:
             self._connected_at.pop(url, None)
+
+    def _on_taken_over(self, url: str, recipient_id: bytes) -> None:
+        self._stats["subscriptions_taken_over"] += 1
+        q = self._queues.get((url, recipient_id))
+        if q is None or q.kind is QueueKind.INVITATION or not q.owner:
+            self._publish(SubscriptionTakenOver(url, None))
+            return
+        self._spawn(self._announce_taken_over(url, q.owner))
+
+    async def _announce_taken_over(self, url: str, cid: str) -> None:
+        try:
+            contact: ContactInfo | None = await self._info_by_id(cid)
+        except NoSuchContact:
+            contact = None
+        self._publish(SubscriptionTakenOver(url, contact))
 
     async def _on_message(self, url: str, msg: rp.Msg) -> None:
         """Called by the pool for each pushed message, one at a time per relay, in order."""

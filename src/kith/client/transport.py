@@ -63,6 +63,8 @@ class Backoff:
 
 OnMessage = Callable[[str, p.Msg], Awaitable[None]]
 OnState = Callable[[str, ConnectionState], None]
+#: Called with (relay url, recipient id) when another connection took over a subscription.
+OnTakenOver = Callable[[str, bytes], None]
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class _Relay:
             # in the list below or sees the client and subscribes itself (a double SUB only
             # restarts delivery, which the service tolerates).
             self.client, self.proven = client, set()
+            client.on_end = self._taken_over
             try:
                 for sub in list(self.subs.values()):
                     try:
@@ -139,6 +142,24 @@ class _Relay:
                 self.pool.state(self.url, ConnectionState.DISCONNECTED)
             if not self.pool.closed:
                 await self._sleep_backoff()
+
+    def _taken_over(self, recipient_id: bytes) -> None:
+        """Another connection subscribed to one of our queues: a copy of this profile (or of
+        its keys) is running elsewhere. Say so, and take the subscription back once, so this
+        device keeps receiving; the person decides what the alarm means."""
+        sub = self.subs.get(recipient_id)
+        if sub is None:
+            return
+        self.pool.taken_over(self.url, recipient_id)
+        client = self.client
+        if client is not None:
+            task = asyncio.create_task(self._resubscribe(client, sub))
+            self.pool.background.add(task)
+            task.add_done_callback(self.pool.background.discard)
+
+    async def _resubscribe(self, client: RelayClient, sub: _Subscription) -> None:
+        with contextlib.suppress(RelayError):
+            await client.subscribe(sub.recipient_id, sub.key)
 
     async def _pump(self, client: RelayClient) -> None:
         while True:
@@ -179,12 +200,15 @@ class RelayPool:
         on_message: OnMessage,
         *,
         on_state: OnState | None = None,
+        on_taken_over: OnTakenOver | None = None,
         proxy: str | None = None,
         backoff: Backoff | None = None,
         connect_timeout: float = 15.0,
     ) -> None:
         self.on_message = on_message
         self._on_state = on_state
+        self._on_taken_over = on_taken_over
+        self.background: set[asyncio.Task[None]] = set()
         self.proxy = proxy
         self.backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
@@ -194,6 +218,10 @@ class RelayPool:
     def state(self, url: str, state: ConnectionState) -> None:
         if self._on_state is not None:
             self._on_state(url, state)
+
+    def taken_over(self, url: str, recipient_id: bytes) -> None:
+        if self._on_taken_over is not None:
+            self._on_taken_over(url, recipient_id)
 
     def _relay(self, url: str) -> _Relay:
         if self.closed:

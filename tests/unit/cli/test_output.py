@@ -41,6 +41,8 @@ def sample(kind: type) -> ev.Event:
         return ev.MessagesExpired(CONTACT.id, 3)
     if kind is ev.ConnectionChanged:
         return ev.ConnectionChanged("ws://127.0.0.1:7650", ConnectionState.CONNECTED)
+    if kind is ev.SubscriptionTakenOver:
+        return ev.SubscriptionTakenOver("ws://127.0.0.1:7650", CONTACT)
     return typing.cast(ev.Event, kind(CONTACT))
 
 
@@ -51,6 +53,11 @@ def test_every_event_has_a_documented_json_form(kind: type) -> None:
     json.dumps(obj)  # serialisable as is
     for key in obj:
         assert f'"{key}"' in DOC, key
+
+
+def test_a_taken_over_subscription_is_loud_for_people() -> None:
+    line = output.event_line(sample(ev.SubscriptionTakenOver), {})
+    assert line is not None and line.startswith("!!") and CONTACT.name in line
 
 
 def test_json_shapes_match_the_documentation() -> None:
