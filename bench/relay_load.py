@@ -769,11 +769,15 @@ class Server:
         wait_for_port(port, 15)
         cli = shutil.which("redis-cli")
         if cli is not None:
-            out = subprocess.run(
-                [cli, "-h", LOCALHOST, "-p", str(port), "CONFIG", "GET", "appendfsync"],
-                capture_output=True, text=True, timeout=10, check=False,
-            )  # fmt: skip
-            self.redis_fsync = " ".join(out.stdout.split())
+            # Report what the server says it runs with, not what was asked for.
+            settings = []
+            for key in ("appendonly", "appendfsync"):
+                out = subprocess.run(
+                    [cli, "-h", LOCALHOST, "-p", str(port), "CONFIG", "GET", key],
+                    capture_output=True, text=True, timeout=10, check=False,
+                )  # fmt: skip
+                settings.append(" ".join(out.stdout.split()))
+            self.redis_fsync = ", ".join(settings)
         return f"redis://{LOCALHOST}:{port}/0"
 
     @property
@@ -819,7 +823,7 @@ class Rig:
         self.server = Server(procs, target, opt.profile if profile else None)
         print(f"\n== {target.label} ({target.wire()}); server pid {self.server.proc.pid}")
         if self.server.redis_fsync:
-            print(f"   redis-server: appendonly yes, {self.server.redis_fsync}")
+            print(f"   redis-server: {self.server.redis_fsync}")
         t0 = time.monotonic()
         self.delivered = [procs.ctx.RawValue(ctypes.c_int64, 0) for _ in range(opt.sub_procs)]
         self.workers: list[BaseProcess] = []
