@@ -34,6 +34,7 @@ from kith.client.events import (
     SubscriptionTakenOver,
 )
 from kith.client.model import ContactInfo, InvitationInfo, MessageInfo, SyncResult
+from kith.protocol.envelope import Flags
 
 JsonObject = dict[str, Any]
 
@@ -110,6 +111,7 @@ def message_json(m: MessageInfo, names: Mapping[str, str]) -> JsonObject:
         "stored_at": when(m.stored_at),
         "expires_at": when(m.expires_at),
         "flags": m.flags,
+        "late": m.late,
     }
 
 
@@ -181,7 +183,12 @@ def message_line(m: MessageInfo, names: Mapping[str, str]) -> str:
     text = safe(m.text).replace("\n", "\n" + " " * 18)
     if m.outgoing:
         return f"{stamp}  you > {who}: {text}  [{m.state.value}]"
-    return f"{stamp}  {who} > {text}"
+    marks = ""
+    if m.flags & Flags.DURESS:
+        marks += "!! SENT UNDER DURESS: do not meet, do not trust requests  "
+    if m.late:
+        marks += "(late: written before the message(s) above)  "
+    return f"{stamp}  {who} > {marks}{text}"
 
 
 def event_line(e: Event, names: Mapping[str, str]) -> str | None:

@@ -91,6 +91,10 @@ class MessageInfo:
     expires_at: datetime | None
     #: Inner-header flags as sent (kith.protocol.envelope.Flags): duress, liveness, ...
     flags: int
+    #: Incoming only: the sender wrote this before a message that arrived earlier (a relay
+    #: held it back or it was lost and sent again). Interfaces must show it, because the order
+    #: of "come at 9" and "do not come" matters.
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1598,7 +1598,7 @@ class ClientService:
                         cid,
                         False,
                         header.msg_id,
-                        None,
+                        header.seq,
                         MessageState.UNREAD,
                         header.flags,
                         text,
@@ -1680,20 +1680,28 @@ class ClientService:
         confirmation and a pending MOVE are made again; receipts and resend requests are not
         (receipts are idempotent: the contact's resend brings a new one)."""
         now = self._now_ms()
+        wanted = tuple(dict.fromkeys(event.seqs))  # each number answered once
         found = {
             seq: await self._db(functools.partial(self._store.outgoing_by_seq, cid, seq))
-            for seq in event.seqs
+            for seq in wanted
         }
         blocks: list[tuple[SendBlock, OutboxKind, int | None]] = []
         seqs: list[tuple[int, int]] = []
         move_sent = False
-        for seq in event.seqs:
+        for seq in wanted:
             original = found[seq]
             if original is not None:
                 mid, msg_id, text, flags = original
-                block = channel.send(
-                    text.encode("utf-8"), now_ms=now, rng=self._rng, msg_id=msg_id, flags=flags
-                )
+                try:
+                    block = channel.send(
+                        text.encode("utf-8"), now_ms=now, rng=self._rng, msg_id=msg_id,
+                        flags=flags,
+                    )
+                except LocalProtocolError:
+                    # It no longer fits (the contact moved to a relay with smaller blocks):
+                    # count it rather than fail the whole request forever.
+                    self._stats["resend_unavailable"] += 1
+                    continue
                 blocks.append((block, OutboxKind.MESSAGE, mid))
                 seqs.append((mid, block.header.seq))
             elif seq == 0 and (confirm := self._confirmation_again(channel, now)) is not None:

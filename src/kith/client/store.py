@@ -211,7 +211,11 @@ _CONTACT_COLUMNS: Final = (
     " (SELECT count(*) FROM messages m WHERE m.contact_id = c.id AND m.state = 'unread')"
 )
 _MESSAGE_COLUMNS: Final = (
-    "id, contact_id, outgoing, state, flags, body, sent_ms, stored_ms, expires_ms"
+    "id, contact_id, outgoing, state, flags, body, sent_ms, stored_ms, expires_ms,"
+    # late: an incoming message the sender wrote before one that was stored earlier here
+    # (a relay held it back, or it was lost and sent again).
+    " EXISTS (SELECT 1 FROM messages AS e WHERE messages.outgoing = 0 AND e.outgoing = 0"
+    " AND e.contact_id = messages.contact_id AND e.seq > messages.seq AND e.id < messages.id)"
 )
 _QUEUE_COLUMNS: Final = (
     "relay, recipient_id, auth_seed, kind, owner, secure_key, secured, retire_ms"
@@ -279,6 +283,7 @@ def _message(row: Sequence[SqlValue]) -> MessageInfo:
         stored_at=from_ms(_int(row[7])),
         expires_at=None if expires is None else from_ms(expires),
         flags=_int(row[4]),
+        late=bool(_int(row[9])),
     )
 
 
@@ -644,11 +649,17 @@ class ClientStore:
         return bool(self._x("SELECT changes()")[0][0])
 
     def outgoing_by_seq(self, contact_id: str, seq: int) -> tuple[int, bytes, str, int] | None:
-        """(row id, msg_id, text, flags) of the outgoing message last sent under ``seq``."""
+        """(row id, msg_id, text, flags) of the outgoing message last sent under ``seq``,
+        if the contact has not yet confirmed storing it.
+
+        A message the contact's device acknowledged with a receipt is never sent again: a
+        captured contact could otherwise ask for the whole stored history, including what
+        already disappeared on the captured phone.
+        """
         rows = self._x(
             "SELECT id, msg_id, body, flags FROM messages"
-            " WHERE contact_id = ? AND outgoing = 1 AND seq = ?",
-            (contact_id, seq),
+            " WHERE contact_id = ? AND outgoing = 1 AND seq = ? AND state IN (?, ?)",
+            (contact_id, seq, MessageState.QUEUED.value, MessageState.SENT.value),
         )
         if not rows:
             return None

@@ -13,7 +13,7 @@ CONTACT_KEYS = {
 }
 MESSAGE_KEYS = {
     "id", "contact_id", "contact", "direction", "text", "state", "sent_at", "stored_at",
-    "expires_at", "flags",
+    "expires_at", "flags", "late",
 }
 SYNC_KEYS = {"received", "sent", "queued", "unreachable"}
 

@@ -3,6 +3,7 @@ exit-code table, terminal safety, and chat's input lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import typing
@@ -22,6 +23,7 @@ from kith.client.model import (
     Verification,
 )
 from kith.client.transport import ConnectionState
+from kith.protocol.envelope import Flags
 
 DOC = (Path(__file__).resolve().parents[3] / "docs" / "cli.md").read_text(encoding="utf-8")
 NOW = datetime(2026, 1, 2, 13, 4, 5, tzinfo=UTC)
@@ -53,6 +55,16 @@ def test_every_event_has_a_documented_json_form(kind: type) -> None:
     json.dumps(obj)  # serialisable as is
     for key in obj:
         assert f'"{key}"' in DOC, key
+
+
+def test_duress_and_late_messages_are_marked_for_people() -> None:
+    duress = dataclasses.replace(MESSAGE, flags=int(Flags.DURESS))
+    late = dataclasses.replace(MESSAGE, late=True)
+    assert "SENT UNDER DURESS" in output.message_line(duress, {})
+    assert "late" in output.message_line(late, {})
+    plain = output.message_line(MESSAGE, {})
+    assert "DURESS" not in plain and "late" not in plain
+    assert output.message_json(late, {})["late"] is True
 
 
 def test_a_taken_over_subscription_is_loud_for_people() -> None:
