@@ -219,3 +219,34 @@ async def test_a_failed_fetch_is_retried_without_any_new_hint() -> None:
             assert (await alice.next_message(timeout=10)).body == block(7)
     finally:
         await server.stop()
+
+
+async def test_deleting_a_queue_ends_its_subscription_on_another_connection(
+    relay: RelayServer,
+) -> None:
+    async with await RelayClient.connect(url(relay)) as holder, \
+            await RelayClient.connect(url(relay)) as owner:
+        key, rid, _sid = await queue(owner)
+        await holder.subscribe(rid, key)
+        await owner.delete_queue(rid, key)
+        assert await asyncio.wait_for(holder.ended.get(), 5) == rid
+    assert relay.counters.values.get("fetch_failed", 0) == 0
+
+
+async def test_thousands_of_pipelined_commands_are_all_answered_under_the_inflight_cap() -> None:
+    cfg = ServerConfig(
+        port=0,
+        relay=RelayConfig(block_size=BLOCK, limits=Limits(max_messages=5000)),
+    )
+    server = RelayServer(MemoryStore(), cfg)
+    await server.start()
+    try:
+        async with await RelayClient.connect(url(server)) as client:
+            key, rid, sid = await queue(client)
+            await asyncio.gather(*(client.send(sid, block(i)) for i in range(3000)))
+            await client.subscribe(rid, key)
+            first = await client.next_message(timeout=10)
+            assert first.body == block(0)
+        assert server.counters.values["messages_stored"] == 3000
+    finally:
+        await server.stop()

@@ -69,6 +69,11 @@ class RelayConfig:
     #: token bucket per connection: sustained frames per second and burst size
     rate_per_second: float = 20_000.0
     rate_burst: int = 40_000
+    #: a second, smaller bucket for commands that cost a store lookup and a signature check
+    #: (SUB, KEY, DEL, SAUTH): big enough for a client to re-subscribe all its queues after a
+    #: reconnect, small enough that one connection cannot monopolise the relay with forgeries
+    signed_per_second: float = 500.0
+    signed_burst: int = 10_000
     #: subscriptions one connection may hold at once
     max_subscriptions: int = 10_000
 
@@ -79,7 +84,12 @@ class RelayConfig:
             )
         if not 1 <= self.window <= 65535:
             raise ValueError("window must be within 1..65535")
-        if self.rate_per_second <= 0 or self.rate_burst < 1:
+        if (
+            self.rate_per_second <= 0
+            or self.rate_burst < 1
+            or self.signed_per_second <= 0
+            or self.signed_burst < 1
+        ):
             raise ValueError("rate limit must be positive")
         if self.max_subscriptions < 1:
             raise ValueError("max_subscriptions must be positive")
@@ -228,8 +238,8 @@ class RelayConnection:
         self._random = random_bytes
         self._subs: dict[bytes, _Subscription] = {}
         self._proven: dict[bytes, bytes] = {}  # sender id -> proven sender key
-        self._tokens = float(config.rate_burst)
-        self._last_refill = now
+        self._frame_bucket = _Bucket(config.rate_per_second, config.rate_burst, now)
+        self._signed_bucket = _Bucket(config.signed_per_second, config.signed_burst, now)
         self.counters = counters if counters is not None else Counters()
         self.closed = False
 
@@ -253,7 +263,7 @@ class RelayConnection:
     def receive(self, data: bytes | str, now: float) -> list[Output]:
         """Handle one frame from the client."""
         self.counters.add("frames_in")
-        if not self._take_token(now):
+        if not self._frame_bucket.take(now):
             corr = _corr_of(data)
             self.counters.add("err_rate_limited")
             return [_err(corr, p.ErrorCode.RATE_LIMITED)]
@@ -265,6 +275,9 @@ class RelayConnection:
         except p.FrameError as exc:
             self.counters.add(f"err_{exc.code.name.lower()}")
             return [_err(exc.corr_id, exc.code)]
+        if isinstance(cmd, p.Sub | p.Key | p.Del | p.SAuth) and not self._signed_bucket.take(now):
+            self.counters.add("err_rate_limited")
+            return [_err(cmd.corr_id, p.ErrorCode.RATE_LIMITED)]
         return self._dispatch(cmd, now)
 
     def notify(self, recipient_id: bytes, now: float, seq: int | None = None) -> list[Output]:
@@ -398,12 +411,19 @@ class RelayConnection:
 
     def _failed(self, effect: Effect, exc: BaseException) -> list[Output]:
         if isinstance(effect, Fetch):
-            sub = self._subs.get(effect.recipient_id)
-            if sub is not None:
-                # Try again on the next hint or ack; nothing was delivered.
-                sub.fetching = False
-                sub.dirty = True
+            rid = effect.recipient_id
+            sub = self._subs.get(rid)
             self.counters.add("fetch_failed")
+            if sub is None:
+                return []
+            if isinstance(exc, NoQueue):
+                # The queue was deleted (from another connection): the subscription is over.
+                del self._subs[rid]
+                return [Unsubscribe(rid), Reply(p.encode(p.End(rid)))]
+            # Nothing was delivered; the adapter retries soon (storage unavailable), and the
+            # next hint or ack would too.
+            sub.fetching = False
+            sub.dirty = True
             return []
         if isinstance(effect, Subscribe | Unsubscribe):
             return []
@@ -483,11 +503,12 @@ class RelayConnection:
             sub = self._subs[rid] = _Subscription()
             out: list[Output] = [Subscribe(rid)]
         else:
-            # Re-SUB on the same connection restarts delivery: unacked messages come again.
+            # Re-SUB on the same connection restarts delivery: unacked messages come again. A
+            # fetch still outstanding stays outstanding (so at most one is in flight); its
+            # result belongs to the old generation and is dropped, then a new fetch starts.
             sub.generation += 1
             sub.last_seq = 0
             sub.inflight.clear()
-            sub.fetching = False
             out = []
         sub.dirty = True
         out.append(Reply(p.encode(p.Ok(corr))))
@@ -534,22 +555,33 @@ class RelayConnection:
         self.counters.add("messages_delivered", len(out))
         return out
 
-    def _take_token(self, now: float) -> bool:
-        elapsed = now - self._last_refill
-        if elapsed > 0:
-            self._tokens = min(
-                float(self.config.rate_burst), self._tokens + elapsed * self.config.rate_per_second
-            )
-            self._last_refill = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 #: A valid Ed25519 public key (RFC 8032 test 1), used only to make the refusal for an unknown
 #: queue cost one real signature verification. The outcome is ignored: the answer is AUTH.
 _DUMMY_KEY = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+
+
+class _Bucket:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = now
+
+    def take(self, now: float) -> bool:
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 def _coarse(now: float) -> int:

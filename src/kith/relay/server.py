@@ -43,6 +43,12 @@ MAX_WRITE_BUFFER = 8 * 1024 * 1024
 #: Seconds before a subscription whose fetch failed (storage unavailable) is fetched again.
 FETCH_RETRY_DELAY = 1.0
 
+#: Storage operations one connection may have in flight. Past this the relay stops reading
+#: that connection (TCP pushes back on the client) until it is down to the low mark, so one
+#: connection pipelining thousands of commands cannot queue unbounded work and memory.
+MAX_INFLIGHT = 256
+INFLIGHT_LOW = 128
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -56,7 +62,7 @@ class ServerConfig:
 
 
 class _Connection:
-    __slots__ = ("closed", "core", "relay", "tasks", "ws")
+    __slots__ = ("closed", "core", "relay", "room", "tasks", "ws")
 
     def __init__(self, relay: RelayServer, ws: ServerConnection) -> None:
         self.relay = relay
@@ -65,6 +71,8 @@ class _Connection:
             relay.config.relay, os.urandom(32), os.urandom, time.time(), relay.counters
         )
         self.tasks: set[asyncio.Task[None]] = set()
+        self.room = asyncio.Event()
+        self.room.set()
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -89,7 +97,14 @@ class _Connection:
             else:
                 task = asyncio.ensure_future(self._effect(out))
                 self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(self._task_done)
+                if len(self.tasks) >= MAX_INFLIGHT:
+                    self.room.clear()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) <= INFLIGHT_LOW:
+            self.room.set()
 
     async def _effect(self, effect: core.Effect) -> None:
         outcome: object
@@ -109,7 +124,9 @@ class _Connection:
         if self.closed:
             return
         self.run(self.core.complete(effect, outcome, time.time()))
-        if isinstance(effect, core.Fetch) and isinstance(outcome, BaseException):
+        if isinstance(effect, core.DeleteQueue) and outcome is None:
+            self.relay.queue_deleted(effect.recipient_id)
+        if isinstance(effect, core.Fetch) and isinstance(outcome, StoreUnavailable):
             # The core kept the subscription owed a fetch; try again shortly rather than wait
             # for a hint or an ACK that may never come.
             asyncio.get_running_loop().call_later(
@@ -214,6 +231,8 @@ class RelayServer:
             conn.write(conn.core.hello())
             async for data in ws:
                 conn.run(conn.core.receive(data, time.time()))
+                if not conn.room.is_set():
+                    await conn.room.wait()
         except ConnectionClosed:
             pass
         finally:
@@ -227,6 +246,13 @@ class RelayServer:
             old.run(old.core.taken_over(recipient_id))
         else:
             self._spawn(self.store.watch(recipient_id))
+
+    def queue_deleted(self, recipient_id: bytes) -> None:
+        """A queue was deleted: whichever connection still holds its subscription loses it."""
+        holder = self._subscribers.get(recipient_id)
+        if holder is not None:
+            holder.run(holder.core.taken_over(recipient_id))
+            self.unsubscribe(recipient_id, holder)
 
     def unsubscribe(self, recipient_id: bytes, conn: _Connection) -> None:
         if self._subscribers.get(recipient_id) is conn:

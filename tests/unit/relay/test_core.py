@@ -35,8 +35,17 @@ def counter_rng() -> core.RandomBytes:
     return lambda n: next(counter).to_bytes(n, "big")
 
 
-def make(window: int = 4, burst: int = 1000, rate: float = 1000.0) -> core.RelayConnection:
-    cfg = core.RelayConfig(block_size=BLOCK, window=window, rate_per_second=rate, rate_burst=burst)
+def make(
+    window: int = 4, burst: int = 1000, rate: float = 1000.0, signed_burst: int = 1000
+) -> core.RelayConnection:
+    cfg = core.RelayConfig(
+        block_size=BLOCK,
+        window=window,
+        rate_per_second=rate,
+        rate_burst=burst,
+        signed_per_second=1.0,
+        signed_burst=signed_burst,
+    )
     return core.RelayConnection(cfg, CHALLENGE, counter_rng(), NOW)
 
 
@@ -367,3 +376,53 @@ def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="window"):
         core.RelayConfig(window=0)
     assert core.RelayConfig().limits == Limits()
+
+
+def test_signed_commands_have_their_own_smaller_budget() -> None:
+    conn = make(signed_burst=3)
+    key = SigningKey.generate()
+    for i in range(3):
+        assert effects(conn.receive(sub_frame(key, bytes([i]) * 16, corr=i), NOW))
+    out = conn.receive(sub_frame(key, b"z" * 16, corr=9), NOW)
+    assert replies(out) == [p.Err(9, p.ErrorCode.RATE_LIMITED)] and effects(out) == []
+    # Unsigned commands are not affected, and the budget refills with time.
+    assert replies(conn.receive(p.encode(p.Ping(1)), NOW)) == [p.Pong(1)]
+    assert effects(conn.receive(sub_frame(key, b"z" * 16), NOW + 1.5))
+
+
+def test_resubscribe_while_a_fetch_is_outstanding_redelivers_everything() -> None:
+    conn = make(window=8)
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    conn.complete(fetch, [msg(1), msg(2)], NOW)
+    [ack] = conn.receive(p.encode(p.Ack(1, rid, msg(1).msg_id)), NOW)
+    conn.complete(ack, True, NOW)
+    [stale] = conn.notify(rid, NOW)  # a new message: a fetch after seq 2, outstanding
+    assert isinstance(stale, core.Fetch) and stale.after_seq == 2
+    # The client subscribes again before that fetch returns.
+    [load] = conn.receive(sub_frame(key, rid, corr=8), NOW)
+    out = conn.complete(load, QueueRecord(rid, b"S" * 16, key.public_key), NOW)
+    assert replies(out) == [p.Ok(8)] and effects(out) == []  # still one fetch in flight
+    # The stale result (message 3) is dropped; a new fetch starts from the beginning.
+    out = conn.complete(stale, [msg(3)], NOW)
+    assert not [r for r in replies(out) if isinstance(r, p.Msg)]
+    [fresh] = effects(out)
+    assert isinstance(fresh, core.Fetch) and fresh.after_seq == 0
+    pushed = replies(conn.complete(fresh, [msg(2), msg(3)], NOW))
+    assert [r.msg_id for r in pushed if isinstance(r, p.Msg)] == [msg(2).msg_id, msg(3).msg_id]
+    # ...and their ACKs are accepted.
+    [ack2] = conn.receive(p.encode(p.Ack(2, rid, msg(2).msg_id)), NOW)
+    assert isinstance(ack2, core.AckMessage)
+
+
+def test_a_fetch_for_a_deleted_queue_ends_the_subscription() -> None:
+    conn = make()
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    out = conn.complete(fetch, NoQueue(), NOW)
+    assert out[0] == core.Unsubscribe(rid)
+    assert replies(out) == [p.End(rid)]
+    assert conn.subscriptions() == []
+    assert conn.notify(rid, NOW) == []  # no more store reads for it
