@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kith.errors import StoreUnavailable
-from kith.relay.store.base import Limits, NoQueue, QueueRecord
+from kith.relay.store.base import Limits, NoQueue, NotAuthorized, QueueRecord
 from kith.relay.store.sqlite import SCHEMA_VERSION, SchemaError, SQLiteStore, StoreInUse
 
 from .conftest import Hints, new_record
@@ -121,36 +121,93 @@ async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     conn.close()
 
 
-async def test_an_older_schema_is_upgraded_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The upgrade path, exercised with a stand-in v2 (no real one exists yet)."""
-    db = tmp_path / "relay.db"
-    store = await opened(db)
-    rec = new_record()
-    await store.create_queue(rec, NOW)
-    await store.put_message(rec.sender_id, mid(), b"kept", NOW, LIMITS)
-    await store.close()
+async def opened_at_v1(path: Path) -> SQLiteStore:
+    """A store on a file created at schema v1, as a relay of that release left it.
 
+    The create step reads SCHEMA_VERSION once, so the shipped v1 script makes the file; every
+    op after that uses only columns v1 and v2 share.
+    """
     from kith.relay.store import sqlite as backend
 
-    real = backend._schema_sql
-    upgrade = "ALTER TABLE queues ADD COLUMN note BLOB; UPDATE schema_version SET version = 2;"
-    monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(
-        backend,
-        "_schema_sql",
-        lambda name: upgrade if name == "sqlite_upgrade_v1_to_v2.sql" else real(name),
-    )
-    store = await opened(db)
-    try:
-        got = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
-        assert [m.body for m in got] == [b"kept"]
-    finally:
-        await store.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "SCHEMA_VERSION", 1)
+        store = await opened(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (1,)
+    conn.close()
+    return store
+
+
+def schema_of(path: Path) -> set[tuple[str, str, str]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT type, name, tbl_name FROM sqlite_master").fetchall()
+    conn.close()
+    return {(t, n, tn) for t, n, tn in rows}
+
+
+async def test_a_new_database_is_created_at_v2_without_rowids(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 2
+    db = tmp_path / "relay.db"
+    await (await opened(db)).close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
-        assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(queues)")}
+        for table in ("messages", "queues"):
+            with pytest.raises(sqlite3.OperationalError, match="rowid"):
+                conn.execute(f"SELECT rowid FROM {table}")  # noqa: S608 -- fixed names
+    conn.close()
+
+
+async def test_a_v1_database_is_upgraded_with_every_message_in_queue_order(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "relay.db"
+    store = await opened_at_v1(db)
+    plain, secured = new_record(), new_record(sender_key=os.urandom(32))
+    expected: dict[bytes, list[tuple[int, bytes, bytes]]] = {}
+    for rec in (plain, secured):
+        await store.create_queue(rec, NOW)
+        expected[rec.recipient_id] = []
+    for i in range(12):  # interleaved, so v1 rowids alternate between the two queues
+        rec = (plain, secured)[i % 2]
+        m, body = mid(), f"message {i}".encode()
+        ref = await store.put_message(rec.sender_id, m, body, NOW + i, LIMITS, rec.sender_key)
+        expected[rec.recipient_id].append((ref.seq, m, body))
+    gone = expected[plain.recipient_id].pop(2)  # a gap in the numbering survives the copy
+    assert await store.ack(plain.recipient_id, gone[1])
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("SELECT rowid FROM messages").fetchall()  # v1: a rowid table
+    conn.close()
+
+    store = await opened(db)
+    try:
+        for rid, want in expected.items():
+            got = await store.pending(rid, 0, 100, NOW, LIMITS)
+            assert [(g.seq, g.msg_id, g.body) for g in got] == want
+        kept = sum(len(b) for want in expected.values() for _, _, b in want)
+        assert await store.stats() == {"queues": 2, "messages": 11, "bytes": kept}
+        # The counters kept by the triggers carry on: seq stays contiguous, acks count out.
+        ref = await store.put_message(plain.sender_id, mid(), b"after", NOW, LIMITS)
+        assert ref.seq == 7  # this queue had seq 1..6 in v1 (one acked: a gap, not a reuse)
+        assert (await store.stats())["messages"] == 12
+        assert await store.ack(secured.recipient_id, expected[secured.recipient_id][0][1])
+        assert (await store.stats())["messages"] == 11
+        # A secured queue stays secured; expiry (which used the rowid in v1) still works.
+        with pytest.raises(NotAuthorized):
+            await store.put_message(secured.sender_id, mid(), b"x", NOW, LIMITS)
+        assert await store.expire(NOW + LIMITS.ttl_seconds + 100, LIMITS) == 11
+    finally:
+        await store.close()
+
+    fresh = tmp_path / "fresh.db"
+    await (await opened(fresh)).close()
+    assert schema_of(db) == schema_of(fresh)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        with pytest.raises(sqlite3.OperationalError, match="rowid"):
+            conn.execute("SELECT rowid FROM messages")
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
 
 
@@ -158,11 +215,20 @@ async def test_a_missing_or_broken_upgrade_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "relay.db"
-    await (await opened(db)).close()
+    store = await opened_at_v1(db)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    kept = mid()
+    await store.put_message(rec.sender_id, kept, b"kept", NOW, LIMITS)
+    await store.close()
     from kith.relay.store import sqlite as backend
 
     real = backend._schema_sql
-    monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
+    upgrade = real("sqlite_upgrade_v1_to_v2.sql")
+    assert upgrade is not None
+    monkeypatch.setattr(
+        backend, "_schema_sql", lambda name: None if "upgrade" in name else real(name)
+    )
     with pytest.raises(SchemaError, match="no upgrade path"):
         await opened(db)
     # An upgrade script that forgets to bump the version is rolled back.
@@ -173,11 +239,104 @@ async def test_a_missing_or_broken_upgrade_changes_nothing(
     )
     with pytest.raises(SchemaError, match="v1, not v2"):
         await opened(db)
+    # The real script failing half-way (after it dropped the v1 table) is rolled back whole.
+    halfway = upgrade.replace(
+        "UPDATE schema_version", "SELECT * FROM no_such_table; UPDATE schema_version"
+    )
+    monkeypatch.setattr(
+        backend, "_schema_sql", lambda name: halfway if "upgrade" in name else real(name)
+    )
+    with pytest.raises(StoreUnavailable, match="no_such_table"):
+        await opened(db)
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert conn.execute("SELECT version FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT rowid, msg_id FROM messages").fetchall() == [(1, kept)]
     conn.close()
     assert "half" not in tables
+    assert "messages_v2" not in tables
+
+
+# ---------------------------------------------------------------------------- the seizer
+
+
+async def fill_like_a_busy_relay(store: SQLiteStore) -> list[bytes]:
+    """Store a conversation, a circle and strangers, interleaved; return msg_ids by arrival.
+
+    All in one minute, as the relay rounds received times down to the minute: only an
+    ordering key finer than received_at could put these messages back in arrival order.
+    """
+    # Queues are created in descending id order, so creation order is not id order.
+    recs = sorted((new_record() for _ in range(9)), key=lambda r: r.recipient_id, reverse=True)
+    for rec in recs:
+        await store.create_queue(rec, NOW)
+    a, b, c1, c2, c3, c4, u1, u2, u3 = recs
+    circle = [c1, c2, c3, c4]
+    pattern = [a, b, a, b, *circle, u1, a, b, *circle, u2, b, a, u3, *circle, a, b]
+    arrival = []
+    for i, rec in enumerate(pattern):
+        m = mid()
+        await store.put_message(rec.sender_id, m, f"ct {i}".encode() * 50, NOW, BIG)
+        arrival.append(m)
+    return arrival
+
+
+def orders_a_seizer_can_read(db: Path) -> tuple[list[list[bytes]], list[bytes]]:
+    """Every ordering of the messages a plain sqlite3 reader of the file can get, as msg_id
+    lists: each table's rowid where it has one, each column of messages, a full scan.
+    Also returns the recipient ids in the order a full scan of messages yields them."""
+    orders: list[list[bytes]] = []
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert set(tables) == {"schema_version", "queues", "messages"}
+        for table in tables:
+            try:
+                rowids = conn.execute(f"SELECT rowid FROM {table}").fetchall()  # noqa: S608
+            except sqlite3.OperationalError:
+                continue
+            if table == "messages":
+                by_rowid = conn.execute("SELECT msg_id FROM messages ORDER BY rowid")
+                orders.append([bytes(r[0]) for r in by_rowid])
+            else:  # schema_version: one row, it orders nothing
+                assert table == "schema_version" and len(rowids) == 1
+        for (column,) in conn.execute("SELECT name FROM pragma_table_info('messages')"):
+            by_column = conn.execute(f"SELECT msg_id FROM messages ORDER BY {column}")  # noqa: S608 -- a column name read from the schema
+            orders.append([bytes(r[0]) for r in by_column])
+        scan = conn.execute("SELECT recipient_id, msg_id, body FROM messages NOT INDEXED")
+        rows = [(bytes(r), bytes(m)) for r, m, _ in scan]
+        orders.append([m for _, m in rows])
+        queue_scan = [bytes(r[0]) for r in conn.execute("SELECT recipient_id FROM queues")]
+        assert queue_scan == sorted(queue_scan)  # queues: in id order, not creation order
+    conn.close()
+    return orders, [r for r, _ in rows]
+
+
+async def test_a_seized_database_does_not_give_away_arrival_order(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await opened(db)
+    arrival = await fill_like_a_busy_relay(store)
+    await store.close()
+    orders, scanned = orders_a_seizer_can_read(db)
+    assert arrival not in orders
+    # The physical order is by (random) queue id, then by the queue's own counter.
+    assert scanned == sorted(scanned)
+    assert len(set(scanned)) == 9
+    with sqlite3.connect(db) as conn:
+        with pytest.raises(sqlite3.OperationalError, match="rowid"):
+            conn.execute("SELECT rowid FROM messages")
+        with pytest.raises(sqlite3.OperationalError, match="rowid"):
+            conn.execute("SELECT _rowid_, oid FROM queues")
+    conn.close()
+
+
+async def test_the_seizer_check_catches_a_v1_database(tmp_path: Path) -> None:
+    """The attack above works on v1: the check is able to fail."""
+    db = tmp_path / "relay.db"
+    store = await opened_at_v1(db)
+    arrival = await fill_like_a_busy_relay(store)
+    await store.close()
+    orders, _ = orders_a_seizer_can_read(db)
+    assert arrival in orders
 
 
 async def test_a_database_that_is_not_a_relay_store_is_refused(tmp_path: Path) -> None:

@@ -41,10 +41,19 @@ the companions the database's own mode) and an existing database is tightened to
 ``-lock`` file held with ``flock`` keeps a second relay process off the same database: it
 would neither see this process's watchers nor be seen by them.
 
-Schema: ``sqlite_schema_v1.sql`` (package data) creates version 1. Opening a database whose
-``schema_version`` is newer than this code knows fails with :class:`SchemaError` and changes
-nothing; an older one is brought up to date by applying ``sqlite_upgrade_vN_to_vN+1.sql`` files
-in order, each in its own transaction, before the store accepts any call.
+Schema: ``sqlite_schema_vN.sql`` for the current N (package data) creates a new file directly
+at that version. Opening a database whose ``schema_version`` is newer than this code knows fails
+with :class:`SchemaError` and changes nothing; an older one is brought up to date by applying
+``sqlite_upgrade_vN_to_vN+1.sql`` files in order, each in its own transaction, before the store
+accepts any call.
+
+No global arrival order on disk (schema v2): ``messages`` and ``queues`` are ``WITHOUT ROWID``
+tables keyed by random queue ids, so no column and no implicit rowid counts rows across queues
+in the order they arrived. A rowid would let whoever seizes the file sort messages by arrival
+and see which queues alternate (the two queues of one conversation) or arrive in runs (the
+member queues of one circle), though ``received_at`` is rounded to the minute. Nothing here may
+use ``rowid``; the natural key is ``(recipient_id, seq)``. What the file format still keeps in
+write order (WAL frames, page allocation) is in docs/known-attacks.md, "SQLite residue".
 """
 
 from __future__ import annotations
@@ -86,7 +95,7 @@ from kith.relay.store.base import (
 T = TypeVar("T")
 
 #: The schema version this code writes and reads.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: Upper bound on ops per transaction: keeps one commit's latency bounded under a flood.
 DEFAULT_BATCH_MAX: Final = 4096
@@ -521,8 +530,8 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(
-                "DELETE FROM messages WHERE rowid IN"
-                " (SELECT rowid FROM messages WHERE received_at < ? LIMIT ?)",
+                "DELETE FROM messages WHERE (recipient_id, seq) IN"
+                " (SELECT recipient_id, seq FROM messages WHERE received_at < ? LIMIT ?)",
                 (cutoff, _EXPIRE_CHUNK),
             ).rowcount
 
