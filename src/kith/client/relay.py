@@ -62,6 +62,13 @@ class RelayClient:
         self._ws = ws
         self.hello = hello
         self._corr = itertools.count(1)
+        self._last_corr = 0
+        #: Subscribed queues and how many pushed messages each has unacknowledged. A relay may
+        #: push at most ``hello.window`` per queue; more is a protocol violation (a hostile relay
+        #: must not fill this process's memory), and pushes for queues we did not subscribe on
+        #: this connection are dropped.
+        self._unacked: dict[bytes, int] = {}
+        self.dropped = 0
         self._waiting: dict[int, asyncio.Future[p.Reply]] = {}
         self.messages: asyncio.Queue[p.Msg] = asyncio.Queue()
         self.ended: asyncio.Queue[bytes] = asyncio.Queue()
@@ -89,6 +96,8 @@ class RelayClient:
                     "compression": None,
                     "max_size": p.max_frame_size(p.MAX_BLOCK_SIZE),
                     "open_timeout": timeout,
+                    # A relay that does not finish the closing handshake promptly is cut off.
+                    "close_timeout": 2,
                     "user_agent_header": None,
                 }
                 # Never pick up a proxy from the environment by accident: only an explicit one.
@@ -127,7 +136,13 @@ class RelayClient:
     async def subscribe(self, recipient_id: bytes, recipient_key: SigningKey) -> None:
         payload = p.auth_payload(p.FrameType.SUB, self.hello.challenge, recipient_id)
         sig = recipient_key.sign(payload)
-        await self._call(lambda c: p.Sub(c, recipient_id, sig), p.Ok)
+        # Registered before the SUB leaves: the relay pushes right behind its OK.
+        self._unacked[recipient_id] = 0
+        try:
+            await self._call(lambda c: p.Sub(c, recipient_id, sig), p.Ok)
+        except BaseException:
+            self._unacked.pop(recipient_id, None)
+            raise
 
     async def secure(
         self, recipient_id: bytes, recipient_key: SigningKey, sender_public_key: bytes
@@ -149,12 +164,15 @@ class RelayClient:
         await self._call(lambda c: p.Send(c, sender_id, body), p.Ok)
 
     async def ack(self, recipient_id: bytes, msg_id: bytes) -> None:
+        if self._unacked.get(recipient_id, 0) > 0:
+            self._unacked[recipient_id] -= 1  # the relay may refill the window at once
         await self._call(lambda c: p.Ack(c, recipient_id, msg_id), p.Ok)
 
     async def delete_queue(self, recipient_id: bytes, recipient_key: SigningKey) -> None:
         payload = p.auth_payload(p.FrameType.DEL, self.hello.challenge, recipient_id)
         sig = recipient_key.sign(payload)
         await self._call(lambda c: p.Del(c, recipient_id, sig), p.Ok)
+        self._unacked.pop(recipient_id, None)
 
     async def next_message(self, timeout: float | None = None) -> p.Msg:
         """Wait for the next pushed message."""
@@ -197,6 +215,7 @@ class RelayClient:
         if self._failure is not None:
             raise self._failure
         corr = next(self._corr) & 0xFFFFFFFF
+        self._last_corr = corr
         frame = build(corr)
         fut: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
         self._waiting[corr] = fut
@@ -224,8 +243,17 @@ class RelayClient:
                     raise p.FrameError(p.ErrorCode.MALFORMED, "text frame from relay")
                 reply = p.decode_reply(data, self.hello.block_size)
                 if isinstance(reply, p.Msg):
+                    count = self._unacked.get(reply.recipient_id)
+                    if count is None:
+                        self.dropped += 1  # not subscribed here (any more)
+                        continue
+                    if count >= self.hello.window:
+                        raise p.FrameError(p.ErrorCode.MALFORMED, "pushes beyond the window")
+                    self._unacked[reply.recipient_id] = count + 1
                     self.messages.put_nowait(reply)
                 elif isinstance(reply, p.End):
+                    if self._unacked.pop(reply.recipient_id, None) is None:
+                        continue
                     self.ended.put_nowait(reply.recipient_id)
                     if self.on_end is not None:
                         self.on_end(reply.recipient_id)
@@ -234,6 +262,8 @@ class RelayClient:
                 else:
                     fut = self._waiting.get(reply.corr_id)
                     if fut is None:
+                        if 0 < reply.corr_id <= self._last_corr:
+                            continue  # a late reply to a call that was cancelled
                         raise p.FrameError(p.ErrorCode.MALFORMED, "reply to no command")
                     if not fut.done():
                         fut.set_result(reply)
@@ -242,7 +272,8 @@ class RelayClient:
             self._fail(RelayUnreachable("connection to relay lost"))
         except p.FrameError as exc:
             self._fail(RelayProtocolError(f"relay broke the protocol: {exc}"))
-            await self._ws.close()
+            # No closing handshake with a relay that broke the protocol: it could stall it.
+            self._ws.transport.abort()
 
     def _fail(self, exc: RelayError) -> None:
         if self._failure is None:
