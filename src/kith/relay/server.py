@@ -62,7 +62,7 @@ class ServerConfig:
 
 
 class _Connection:
-    __slots__ = ("closed", "core", "relay", "room", "tasks", "ws")
+    __slots__ = ("closed", "core", "flush_pending", "relay", "room", "tasks", "ws")
 
     def __init__(self, relay: RelayServer, ws: ServerConnection) -> None:
         self.relay = relay
@@ -73,14 +73,32 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
         self.room.set()
+        self.flush_pending = False
         self.closed = False
 
     def write(self, data: bytes) -> None:
+        """Queue one frame. Frames produced in one turn of the event loop leave in one socket
+        write (a reply, a push and an ACK's answer often coincide), in order."""
         ws = self.ws
         if self.closed or ws.protocol.state is not State.OPEN:
             return
         ws.protocol.send_binary(data)
-        ws.send_data()
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        ws = self.ws
+        chunks = ws.protocol.data_to_send()
+        if not chunks:
+            return
+        if b"" in chunks:
+            # An end-of-stream marker (the library is closing): hand everything back to it.
+            ws.protocol.writes[:0] = chunks
+            ws.send_data()
+            return
+        ws.transport.write(b"".join(chunks))
         if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.relay.counters.add("slow_consumers_dropped")
             ws.transport.abort()
