@@ -70,8 +70,9 @@ class RelayConfig:
     rate_per_second: float = 20_000.0
     rate_burst: int = 40_000
     #: a second, smaller bucket for commands that cost a store lookup and a signature check
-    #: (SUB, KEY, DEL, SAUTH): big enough for a client to re-subscribe all its queues after a
-    #: reconnect, small enough that one connection cannot monopolise the relay with forgeries
+    #: (SUB, KEY, DEL, SAUTH) or create state (NEW): big enough for a client to re-subscribe
+    #: all its queues after a reconnect, small enough that one connection cannot monopolise the
+    #: relay with forgeries or fill its disk with queues at frame rate
     signed_per_second: float = 500.0
     signed_burst: int = 10_000
     #: subscriptions one connection may hold at once
@@ -275,7 +276,8 @@ class RelayConnection:
         except p.FrameError as exc:
             self.counters.add(f"err_{exc.code.name.lower()}")
             return [_err(exc.corr_id, exc.code)]
-        if isinstance(cmd, p.Sub | p.Key | p.Del | p.SAuth) and not self._signed_bucket.take(now):
+        costly = isinstance(cmd, p.New | p.Sub | p.Key | p.Del | p.SAuth)
+        if costly and not self._signed_bucket.take(now):
             self.counters.add("err_rate_limited")
             return [_err(cmd.corr_id, p.ErrorCode.RATE_LIMITED)]
         return self._dispatch(cmd, now)

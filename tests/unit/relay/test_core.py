@@ -385,6 +385,9 @@ def test_signed_commands_have_their_own_smaller_budget() -> None:
         assert effects(conn.receive(sub_frame(key, bytes([i]) * 16, corr=i), NOW))
     out = conn.receive(sub_frame(key, b"z" * 16, corr=9), NOW)
     assert replies(out) == [p.Err(9, p.ErrorCode.RATE_LIMITED)] and effects(out) == []
+    # Creating queues draws on the same budget: no filling the disk at frame rate.
+    out = conn.receive(p.encode(p.New(10, key.public_key)), NOW)
+    assert replies(out) == [p.Err(10, p.ErrorCode.RATE_LIMITED)] and effects(out) == []
     # Unsigned commands are not affected, and the budget refills with time.
     assert replies(conn.receive(p.encode(p.Ping(1)), NOW)) == [p.Pong(1)]
     assert effects(conn.receive(sub_frame(key, b"z" * 16), NOW + 1.5))
