@@ -1677,8 +1677,9 @@ class ClientService:
     ) -> None:
         """The contact lost some of our blocks: send again what each one needs. A text goes
         again with its original message id (the contact stores it once); the handshake
-        confirmation and a pending MOVE are made again; receipts and resend requests are not
-        (receipts are idempotent: the contact's resend brings a new one)."""
+        confirmation (the first or a resent one, which can be lost too) and a pending MOVE are
+        made again, once per request; receipts and resend requests are not (receipts are
+        idempotent: the contact's resend brings a new one)."""
         now = self._now_ms()
         wanted = tuple(dict.fromkeys(event.seqs))  # each number answered once
         found = {
@@ -1687,7 +1688,7 @@ class ClientService:
         }
         blocks: list[tuple[SendBlock, OutboxKind, int | None]] = []
         seqs: list[tuple[int, int]] = []
-        move_sent = False
+        move_sent = confirm_sent = False
         for seq in wanted:
             original = found[seq]
             if original is not None:
@@ -1704,8 +1705,12 @@ class ClientService:
                     continue
                 blocks.append((block, OutboxKind.MESSAGE, mid))
                 seqs.append((mid, block.header.seq))
-            elif seq == 0 and (confirm := self._confirmation_again(channel, now)) is not None:
-                blocks.append((confirm, OutboxKind.CONFIRM, None))
+            elif channel.carried_confirmation(seq):
+                if not confirm_sent:
+                    confirm_sent = True
+                    # A new number, remembered by the channel: that copy can be lost too.
+                    confirm = channel.resend_confirmation(now_ms=now, rng=self._rng)
+                    blocks.append((confirm, OutboxKind.CONFIRM, None))
             elif channel.pending_inbox is not None and not move_sent:
                 # Perhaps the MOVE: repeating it is always safe.
                 move_sent = True
@@ -1728,13 +1733,6 @@ class ClientService:
         await self._db(save)
         self._stats["resent"] += len(outs)
         kicks.update(out.relay for out, _ in outs)
-
-    def _confirmation_again(self, channel: Channel, now: int) -> SendBlock | None:
-        """The handshake confirmation once more (inviter only; None on the acceptor's side)."""
-        try:
-            return channel.resend_confirmation(now_ms=now, rng=self._rng)
-        except LocalProtocolError:
-            return None
 
     async def _peer_moved(
         self,

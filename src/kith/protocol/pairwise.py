@@ -108,8 +108,9 @@ from kith.protocol.replay import SeqWindow, WindowDecodeError
 
 RandomBytes = Callable[[int], bytes]
 
-#: Version of a sealed channel state. 2 added queue moves; version 1 states still load.
-CHANNEL_STATE_VERSION: Final = 2
+#: Version of a sealed channel state. 2 added queue moves, 3 the number of the inviter's last
+#: handshake confirmation; version 1 and 2 states still load.
+CHANNEL_STATE_VERSION: Final = 3
 #: Version of a sealed pending invitation.
 PENDING_STATE_VERSION: Final = 1
 SEED_LEN: Final = 32
@@ -223,10 +224,11 @@ class Confirmed:
 @dataclass(frozen=True, slots=True)
 class ResendRequested:
     """Event: the peer lost these of our messages (by ``seq``); send their content again with
-    the original ``msg_id``. For the inviter, ``seq`` 0 is the handshake confirmation: answer
-    it with :meth:`Channel.resend_confirmation`. A number that named a RECEIPT is answered by
-    a new receipt for the same ids (or not at all), one that named a MOVE still pending by
-    :meth:`Channel.resend_move`, other control messages not at all."""
+    the original ``msg_id``. For the inviter, a number for which
+    :meth:`Channel.carried_confirmation` is true named the handshake confirmation: answer it
+    (once per request) with :meth:`Channel.resend_confirmation`. A number that named a RECEIPT
+    is answered by a new receipt for the same ids (or not at all), one that named a MOVE still
+    pending by :meth:`Channel.resend_move`, other control messages not at all."""
 
     seqs: tuple[int, ...]
 
@@ -269,9 +271,9 @@ class InboxMoved:
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """Event: a repeated or stale move message the channel had already acted on (an
-    acknowledgement that arrived twice, a MOVE older than the peer's last). Nothing to do
-    except saving the channel: its replay window moved."""
+    """Event: a repeated or stale control message the channel had already acted on (a move
+    acknowledgement that arrived twice, a MOVE older than the peer's last, a second handshake
+    confirmation). Nothing to do except saving the channel: its replay window moved."""
 
     header: InnerHeader
 
@@ -499,6 +501,7 @@ class Channel:
     __slots__ = (
         "_acceptor",
         "_account",
+        "_confirm_seq",
         "_confirmed",
         "_crypto",
         "_inbox",
@@ -536,6 +539,7 @@ class Channel:
         peer_moves: int = 0,
         pending_inbox: InboxQueue | None = None,
         retiring_inbox: InboxQueue | None = None,
+        confirm_seq: int = 0,
     ) -> None:
         self._crypto = crypto
         self._account = account
@@ -555,6 +559,9 @@ class Channel:
         self._peer_moves = peer_moves  # the peer's moves applied (the last one's generation)
         self._pending_inbox = pending_inbox
         self._retiring_inbox = retiring_inbox
+        # The inviter's last handshake confirmation went out under this number (0 until one
+        # is made again): the acceptor may lose it too and ask for it by number.
+        self._confirm_seq = confirm_seq
 
     # ----------------------------------------------------------------- properties
 
@@ -777,15 +784,30 @@ class Channel:
             raise LocalProtocolError("no retired inbox to forget")
         self._retiring_inbox = None
 
+    def carried_confirmation(self, seq: int) -> bool:
+        """True if our message ``seq`` was a handshake confirmation that can be asked for
+        again: 0 (the first) or the number of the last one :meth:`resend_confirmation` made.
+
+        Without the second, a confirmation lost twice (a hostile relay can drop both) would
+        be asked for by a number the inviter does not recognise, and the acceptor would stay
+        unconfirmed for good. Only the last resend is remembered: the acceptor asks for a
+        number once (it gives the number up), so a new confirmation is only ever wanted in
+        answer to the newest one. Always false on the acceptor's side."""
+        return not self._acceptor and seq in (0, self._confirm_seq)
+
     def resend_confirmation(self, *, now_ms: int, rng: RandomBytes) -> SendBlock:
-        """The inviter's answer when the acceptor asks for ``seq`` 0 again: the confirmation
-        (the only message the client's outbox does not hold), under a new number."""
+        """The inviter's answer when the acceptor asks again for a number that carried the
+        confirmation (:meth:`carried_confirmation`): the confirmation (the only message the
+        client's outbox does not hold), under a new number, which is remembered. A copy the
+        acceptor does not need is harmless: it answers a repeat with :class:`Ignored`."""
         if self._acceptor:
             raise LocalProtocolError("only the inviter sends a confirmation")
         confirm = ConfirmPayload(
             self._invitation_id, self._crypto.signing_public_key(self._outbox.auth_seed)
         )
-        return self._seal(MessageType.HANDSHAKE_CONFIRM, 0, confirm.to_bytes(), now_ms, rng)
+        out = self._seal(MessageType.HANDSHAKE_CONFIRM, 0, confirm.to_bytes(), now_ms, rng)
+        self._confirm_seq = out.header.seq
+        return out
 
     # ----------------------------------------------------------------- receiving
 
@@ -821,11 +843,13 @@ class Channel:
         elif msg_type == MessageType.RECEIPT:
             event = Delivered(decode_receipt(body))
         elif msg_type == MessageType.HANDSHAKE_CONFIRM:
-            if not self._acceptor or self._confirmed:
+            if not self._acceptor:
                 raise HandshakeError("unexpected handshake confirmation")
             confirm = ConfirmPayload.from_bytes(body)
             if confirm.invitation_id != self._invitation_id:
                 raise HandshakeError("confirmation for another invitation")
+            if self._confirmed:
+                return self._repeated_confirmation(header, confirm, session, window)
             self._session, self._window = session, window
             self._confirmed, self._inbox_sender_key = True, confirm.sender_key
             return Confirmed(SecureInbox(self._inbox.recipient_id, confirm.sender_key))
@@ -838,6 +862,20 @@ class Channel:
         # Everything passed: commit.
         self._session, self._window = session, window
         return event
+
+    def _repeated_confirmation(
+        self, header: InnerHeader, confirm: ConfirmPayload, session: OlmSession, window: SeqWindow
+    ) -> Event:
+        """A confirmation after the first: the inviter answered a request for one that was
+        lost, and an earlier copy arrived after all. It must not be an error, or the number
+        would stay missing, be asked for again and be answered again, for ever. The key must
+        be the one already in use: a confirmation cannot re-key the inbox. Once our inbox has
+        moved, the key it carries secured a queue we no longer use, so nothing is left to
+        check it against and it is stale, like a MOVE older than the peer's last."""
+        if confirm.sender_key != self._inbox_sender_key and self._moves == 0:
+            raise HandshakeError("a repeated confirmation with another key")
+        self._session, self._window = session, window
+        return Ignored(header)
 
     def _receive_move(
         self,
@@ -942,18 +980,19 @@ class Channel:
             + account
             + u32(len(session))
             + session
+            + u64(self._confirm_seq)
         )
         return self._crypto.seal(pickle_key, _CHANNEL_LABEL, state)
 
     @classmethod
     def from_bytes(cls, blob: bytes, pickle_key: bytes, crypto: PairwiseCrypto) -> Channel:
-        """Restore a channel (state version 1 or 2). DecryptError if the key is wrong or the
+        """Restore a channel (state version 1, 2 or 3). DecryptError if the key is wrong or the
         blob was altered."""
         _check_bytes("pickle_key", pickle_key, PICKLE_KEY_LEN)
         r = Reader(crypto.open(pickle_key, _CHANNEL_LABEL, blob), StateError)
         olm_key = crypto.derive_key(pickle_key, _OLM_PICKLE_LABEL)
         version = r.u8("version")
-        if version not in (1, CHANNEL_STATE_VERSION):
+        if version not in (1, 2, CHANNEL_STATE_VERSION):
             raise StateError("channel state version not understood")
         raw_role = r.u8("role")
         if raw_role & ~int(_V1_ROLES if version == 1 else _ALL_ROLES):
@@ -979,6 +1018,10 @@ class Channel:
                 raise StateError("channel state names a move that never started")
         account = crypto.load_account(r.take(r.u32("account length"), "account"), olm_key)
         session = crypto.load_session(r.take(r.u32("session length"), "session"), olm_key)
+        # Before version 3 only the first confirmation (0) could be asked for again.
+        confirm_seq = r.u64("confirm seq") if version >= 3 else 0
+        if confirm_seq and (confirm_seq >= next_seq or role & _Role.ACCEPTOR):
+            raise StateError("channel state names a confirmation it never sent")
         r.end("channel state")
         return cls(
             crypto=crypto,
@@ -997,6 +1040,7 @@ class Channel:
             peer_moves=peer_moves,
             pending_inbox=pending,
             retiring_inbox=retiring,
+            confirm_seq=confirm_seq,
         )
 
     def __repr__(self) -> str:

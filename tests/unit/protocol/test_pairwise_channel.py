@@ -285,8 +285,9 @@ def test_a_lost_confirmation_is_recovered() -> None:
     assert bob.confirmed
     with pytest.raises(LocalProtocolError):
         bob.resend_confirmation(now_ms=NOW, rng=r)
-    with pytest.raises(pw.HandshakeError):  # a second confirmation is refused
-        bob.receive(alice.resend_confirmation(now_ms=NOW, rng=r).block)
+    # A second one (the inviter answered a request whose first answer arrived after all) is
+    # a harmless repeat: see test_pairwise_confirmation.py.
+    assert isinstance(bob.receive(alice.resend_confirmation(now_ms=NOW, rng=r).block), pw.Ignored)
 
 
 def test_only_missing_numbers_can_be_requested() -> None:

@@ -232,7 +232,7 @@ def test_state_round_trips_at_every_step_of_a_move() -> None:
 def test_version_1_states_load_and_carry_on() -> None:
     """Channels saved by the code before queue moves existed (state version 1, written by
     the channel code of commit c43bdd6 with handshake(seed=40) and kept in data/) load, read a
-    message in flight across the upgrade, talk, move, and are saved as version 2."""
+    message in flight across the upgrade, talk, move, and are saved in the current version."""
     alice = pw.Channel.from_bytes(
         (DATA / "channel_v1_inviter.bin").read_bytes(), PICKLE_KEY, CRYPTO
     )
@@ -247,7 +247,7 @@ def test_version_1_states_load_and_carry_on() -> None:
     moved = recv(bob, alice.move_inbox(make_inbox(r, RELAY_C), now_ms=NOW, rng=r).block, r)
     assert isinstance(moved, pw.PeerMoved)
     assert isinstance(recv(alice, moved.send.block, r), pw.InboxMoved)
-    assert fingerprint(alice)[0] == pw.CHANNEL_STATE_VERSION == 2
+    assert fingerprint(alice)[0] == pw.CHANNEL_STATE_VERSION == 3
     assert fingerprint(_restore(alice)) == fingerprint(alice)
 
 
@@ -262,7 +262,7 @@ def test_corrupt_move_state_is_refused() -> None:
         v1[:1] + bytes([v1[1] | 16]) + v1[2:],
         v2[:1] + bytes([v2[1] | 32]) + v2[2:],  # unknown role bit
         v2[:1] + bytes([v2[1] | 8]) + v2[2:],  # "moving" with generation 0 and no queue
-        b"\x03" + v2[1:],  # a version from the future
+        b"\x04" + v2[1:],  # a version from the future
     ]
     for inner in bad:
         blob = CRYPTO.seal(PICKLE_KEY, pw._CHANNEL_LABEL, inner)
