@@ -16,6 +16,7 @@ Example (every key optional; these are the defaults)::
     quota_messages = 1000
     quota_bytes = 16777216
     ttl_days = 21
+    queue_ttl_days = 90         # a queue unused this long is deleted (docs/operations.md)
     rate_per_second = 20000
     rate_burst = 40000
 
@@ -55,6 +56,7 @@ class RelaySettings:
     quota_messages: int = _LIMITS.max_messages
     quota_bytes: int = _LIMITS.max_bytes
     ttl_days: float = _LIMITS.ttl_seconds / 86400
+    queue_ttl_days: float = _LIMITS.queue_ttl_seconds / 86400
     rate_per_second: float = _RELAY.rate_per_second
     rate_burst: int = _RELAY.rate_burst
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +75,10 @@ class RelaySettings:
             raise ConfigError(
                 "quota_messages, quota_bytes (>= block_size) and ttl_days must be positive"
             )
+        if not self.queue_ttl_days >= self.ttl_days:
+            # A queue must outlive the messages waiting in it: deleting it sooner would drop
+            # undelivered messages before their own expiry, for an owner merely offline.
+            raise ConfigError("queue_ttl_days must be at least ttl_days")
         try:
             relay = RelayConfig(
                 block_size=self.block_size,
@@ -81,11 +87,12 @@ class RelaySettings:
                     max_messages=self.quota_messages,
                     max_bytes=self.quota_bytes,
                     ttl_seconds=int(self.ttl_days * 86400),
+                    queue_ttl_seconds=int(self.queue_ttl_days * 86400),
                 ),
                 rate_per_second=self.rate_per_second,
                 rate_burst=self.rate_burst,
             )
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: an infinite TTL
             raise ConfigError(str(exc)) from exc
         return ServerConfig(
             host=self.host,

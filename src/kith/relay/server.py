@@ -309,13 +309,27 @@ class RelayServer:
             log.warning("storage backend unavailable; refusing SEND/ACK until it returns")
 
     async def _sweep(self) -> None:
+        """Expire old messages and idle queues, now and then.
+
+        Queues this process holds subscriptions for are marked used first: a subscriber may
+        stay connected for longer than the queue TTL without sending SUB again, and its queue
+        must not be taken from under it, whichever relay process sweeps.
+        """
         while True:
             await asyncio.sleep(self.config.sweep_interval)
-            try:
-                n = await self.store.expire(int(time.time()), self.config.relay.limits)
-                self.counters.add("messages_expired", n)
-            except StoreUnavailable:
-                self.store_unavailable()
+            await self.sweep_once(int(time.time()))
+
+    async def sweep_once(self, now: int) -> None:
+        """One pass of :meth:`_sweep` at ``now`` (tests call it with a clock of their own)."""
+        limits = self.config.relay.limits
+        try:
+            await self.store.touch_queues(list(self._subscribers), now)
+            n = await self.store.expire(now, limits)
+            self.counters.add("messages_expired", n)
+            q = await self.store.expire_queues(now, limits)
+            self.counters.add("queues_expired", q)
+        except StoreUnavailable:
+            self.store_unavailable()
 
     # ------------------------------------------------------------------ metrics
 

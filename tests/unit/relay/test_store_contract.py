@@ -14,6 +14,7 @@ import pytest
 
 from kith.errors import StoreUnavailable
 from kith.relay.store.base import (
+    USE_GRANULE,
     AlreadySecured,
     DuplicateId,
     Limits,
@@ -381,6 +382,97 @@ async def test_expire_handles_more_than_one_batch(store: Store) -> None:
     )
     assert await store.expire(NOW + 11, limits) == 2100
     assert (await store.stats())["messages"] == 0
+
+
+# ---------------------------------------------------------------------------- idle queues
+
+DAY = 24 * 3600
+#: Messages outlive the queue TTL here, so what removes them below is the queue's deletion.
+IDLE = Limits(ttl_seconds=10**9, queue_ttl_seconds=90 * DAY)
+
+
+async def test_a_queue_unused_past_the_queue_ttl_is_gone_with_its_messages(
+    store: Store,
+) -> None:
+    idle, sent_to, read, held = (new_record() for _ in range(4))
+    for rec in (idle, sent_to, read, held):
+        await store.create_queue(rec, NOW)
+    idle_ids = await fill(store, idle, 3)
+    await fill(store, sent_to, 1)
+    later = NOW + IDLE.queue_ttl_seconds + USE_GRANULE  # surely past the TTL for `idle`
+    recent = later - 5 * DAY
+    await store.put_message(sent_to.sender_id, mid(), b"fresh", recent, IDLE)
+    await store.pending(read.recipient_id, 0, 10, recent, IDLE)
+    await store.touch_queues([held.recipient_id], recent)
+    assert await store.stats() == {"queues": 4, "messages": 5, "bytes": 3 * 6 + 6 + 5}
+
+    assert await store.expire_queues(later, IDLE) == 1
+    assert await store.expire_queues(later, IDLE) == 0
+    # The queue, both its ids, its messages and its share of the counters are gone.
+    assert await store.stats() == {"queues": 3, "messages": 2, "bytes": 6 + 5}
+    assert await store.queue_by_recipient(idle.recipient_id) is None
+    assert await store.queue_by_sender(idle.sender_id) is None
+    with pytest.raises(NoQueue):
+        await store.pending(idle.recipient_id, 0, 10, later, IDLE)
+    with pytest.raises(NoQueue):
+        await store.put_message(idle.sender_id, mid(), b"x", later, IDLE)
+    with pytest.raises(NoQueue):
+        await store.ack(idle.recipient_id, idle_ids[0])
+    with pytest.raises(NoQueue):
+        await store.secure_queue(idle.recipient_id, os.urandom(32))
+    with pytest.raises(NoQueue):
+        await store.delete_queue(idle.recipient_id)
+    # Marking a deleted queue used does not bring it back, nor count a queue that is not there.
+    await store.touch_queues([idle.recipient_id, os.urandom(16)], later)
+    assert await store.queue_by_recipient(idle.recipient_id) is None
+    assert (await store.stats())["queues"] == 3
+    # Message expiry no longer finds the deleted queue's messages anywhere.
+    assert await store.expire(later + 2 * 10**9, IDLE) == 2
+    for rec in (sent_to, read, held):
+        assert await store.queue_by_recipient(rec.recipient_id) == rec
+
+
+async def test_no_queue_is_deleted_before_its_ttl_whatever_the_rounding(store: Store) -> None:
+    """The stored mark is coarse (a week); rounding may keep a queue longer, never shorter."""
+    ttl = IDLE.queue_ttl_seconds
+    recs = []
+    for k in range(8):  # last uses spread across more than one week, at odd seconds
+        rec = new_record()
+        recs.append((rec, NOW + k * DAY + 7 * k + 1))
+        await store.create_queue(rec, NOW - 400 * DAY)
+    for i, (rec, used) in enumerate(recs):
+        if i % 2:
+            await store.put_message(rec.sender_id, mid(), b"x", used, IDLE)
+        else:
+            await store.touch_queues([rec.recipient_id], used)
+    removed = 0
+    for k, (_, used) in enumerate(recs):  # ascending last use
+        removed += await store.expire_queues(used + ttl - 1, IDLE)
+        # Every queue used at or after `used` is less than the TTL idle: all must be there.
+        for rec, _ in recs[k:]:
+            assert await store.queue_by_recipient(rec.recipient_id) == rec
+    assert removed < len(recs) - 1  # rounding removed some early ones at most, never all
+    last = recs[-1][1]
+    assert await store.expire_queues(last + ttl + USE_GRANULE, IDLE) == len(recs) - removed
+
+
+async def test_an_old_timestamp_does_not_age_a_queue(store: Store) -> None:
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    await store.touch_queues([rec.recipient_id], NOW + 60 * DAY)
+    await store.put_message(rec.sender_id, mid(), b"x", NOW, IDLE)
+    await store.touch_queues([rec.recipient_id], NOW)
+    await store.pending(rec.recipient_id, 0, 10, NOW, IDLE)
+    assert await store.expire_queues(NOW + 60 * DAY + IDLE.queue_ttl_seconds - 1, IDLE) == 0
+
+
+async def test_expire_queues_handles_more_than_one_batch(store: Store) -> None:
+    recs = [new_record() for _ in range(40)]
+    for rec in recs:
+        await store.create_queue(rec, NOW)
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, IDLE)
+    assert await store.expire_queues(NOW + IDLE.queue_ttl_seconds + USE_GRANULE, IDLE) == 40
+    assert await store.stats() == {"queues": 0, "messages": 0, "bytes": 0}
 
 
 # ---------------------------------------------------------------------------- acks

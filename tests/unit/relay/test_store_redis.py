@@ -202,9 +202,9 @@ async def test_keys_carry_the_prefix_and_only_random_ids(
     finally:
         await raw.aclose()
     shape = re.compile(rf"^{re.escape(prefix)}((q|m|z):{rec.recipient_id.hex()}"
-                       rf"|s:{rec.sender_id.hex()}|x|st)$")
+                       rf"|s:{rec.sender_id.hex()}|x|u|st)$")
     assert keys and all(shape.match(k) for k in keys), keys
-    assert len(keys) == 6
+    assert len(keys) == 7
 
 
 def test_bad_settings_are_config_errors() -> None:

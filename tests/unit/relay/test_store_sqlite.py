@@ -9,12 +9,13 @@ import signal
 import sqlite3
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kith.errors import StoreUnavailable
-from kith.relay.store.base import Limits, NoQueue, NotAuthorized, QueueRecord
+from kith.relay.store.base import USE_GRANULE, Limits, NoQueue, NotAuthorized, QueueRecord
 from kith.relay.store.sqlite import SCHEMA_VERSION, SchemaError, SQLiteStore, StoreInUse
 
 from .conftest import Hints, new_record
@@ -145,12 +146,12 @@ def schema_of(path: Path) -> set[tuple[str, str, str]]:
     return {(t, n, tn) for t, n, tn in rows}
 
 
-async def test_a_new_database_is_created_at_v2_without_rowids(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 2
+async def test_a_new_database_is_created_at_v3_without_rowids(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 3
     db = tmp_path / "relay.db"
     await (await opened(db)).close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (3,)
         for table in ("messages", "queues"):
             with pytest.raises(sqlite3.OperationalError, match="rowid"):
                 conn.execute(f"SELECT rowid FROM {table}")  # noqa: S608 -- fixed names
@@ -203,7 +204,7 @@ async def test_a_v1_database_is_upgraded_with_every_message_in_queue_order(
     await (await opened(fresh)).close()
     assert schema_of(db) == schema_of(fresh)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (3,)
         with pytest.raises(sqlite3.OperationalError, match="rowid"):
             conn.execute("SELECT rowid FROM messages")
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -255,6 +256,88 @@ async def test_a_missing_or_broken_upgrade_changes_nothing(
     conn.close()
     assert "half" not in tables
     assert "messages_v2" not in tables
+
+
+async def opened_at_v2(path: Path) -> SQLiteStore:
+    """A store on a file created at schema v2 (no use marks), as the previous release left it.
+
+    Only create, put, ack and look-ups are used on it: their SQL is the same in v2 and v3 (the
+    v3 triggers mark queues used), whereas marking a queue on ``pending`` needs v3.
+    """
+    from kith.relay.store import sqlite as backend
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "SCHEMA_VERSION", 2)
+        store = await opened(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    conn.close()
+    return store
+
+
+async def test_a_v2_database_is_upgraded_and_gives_every_old_queue_a_full_ttl(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "relay.db"
+    store = await opened_at_v2(db)
+    old = new_record()
+    await store.create_queue(old, NOW)  # years before the upgrade
+    kept = mid()
+    await store.put_message(old.sender_id, kept, b"waiting", NOW, LIMITS)
+    await store.close()
+
+    store = await opened(db)
+    try:
+        # Not deleted for being old: v2 never recorded use, so the upgrade counts as one.
+        today = int(time.time())
+        assert await store.expire_queues(today, LIMITS) == 0
+        assert await store.expire_queues(today + LIMITS.queue_ttl_seconds - 1, LIMITS) == 0
+        assert await store.queue_by_recipient(old.recipient_id) == old
+        got = await store.pending(old.recipient_id, 0, 10, NOW, LIMITS)
+        assert [m.msg_id for m in got] == [kept]
+        # New queues and puts keep their marks through the upgraded triggers.
+        new = new_record()
+        far = today + 400 * 24 * 3600
+        await store.create_queue(new, far)
+        ref = await store.put_message(old.sender_id, mid(), b"late", far, LIMITS)
+        assert ref.seq == 2
+        gone = far + LIMITS.queue_ttl_seconds + USE_GRANULE
+        assert await store.expire_queues(gone - 2 * USE_GRANULE, LIMITS) == 0
+        assert await store.expire_queues(gone, LIMITS) == 2
+        assert await store.stats() == {"queues": 0, "messages": 0, "bytes": 0}
+    finally:
+        await store.close()
+
+    fresh = tmp_path / "fresh.db"
+    await (await opened(fresh)).close()
+    assert schema_of(db) == schema_of(fresh)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    conn.close()
+
+
+async def test_the_use_mark_on_disk_is_no_finer_than_a_week(tmp_path: Path) -> None:
+    """What a seizer reads: one mark per queue, a multiple of a week, whatever was done when."""
+    db = tmp_path / "relay.db"
+    store = await opened(db)
+    recs = [new_record() for _ in range(5)]
+    for i, rec in enumerate(recs):
+        t = NOW + i * 3 * 3600 + 17 * i
+        await store.create_queue(rec, t)
+        if i % 2:
+            await store.put_message(rec.sender_id, mid(), b"x", t + 3600, LIMITS)
+        else:
+            await store.pending(rec.recipient_id, 0, 10, t + 7200, LIMITS)
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        marks = [r[0] for r in conn.execute("SELECT last_used FROM queues")]
+    conn.close()
+    assert len(marks) == 5
+    assert all(m % USE_GRANULE == 0 for m in marks)
+    assert set(marks) == {NOW - NOW % USE_GRANULE}
 
 
 # ---------------------------------------------------------------------------- the seizer

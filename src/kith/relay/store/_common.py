@@ -9,13 +9,17 @@
   keeps a queue watched while any caller still wants it, whatever order overlapping
   subscribe/unsubscribe calls arrive in; a leaked count only costs spurious hints, which the
   contract allows, whereas a lost one would silence a subscriber.
+- :class:`UseMarks` remembers which queues this process has already marked used in the current
+  granule, so marking a queue on every ``pending`` costs one write per queue per week, not one
+  per read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
-from kith.relay.store.base import Limits
+from kith.relay.store.base import Limits, use_mark
 
 #: Ids on the wire are 16 bytes; the stores accept anything from 1 to 64 so they do not
 #: hard-code the protocol, but refuse empty or absurd ids.
@@ -81,3 +85,33 @@ class Watchers:
 
     def clear(self) -> None:
         self._counts.clear()
+
+
+class UseMarks:
+    """The use marks this process has written, so a store writes each at most once.
+
+    Only a cache: forgetting an entry costs one redundant write, never a lost mark. It is
+    emptied when it reaches ``limit`` entries, so it stays bounded however many queues pass
+    through, and it holds nothing the store does not hold already.
+    """
+
+    __slots__ = ("_limit", "_marks")
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._marks: dict[bytes, int] = {}
+        self._limit = limit
+
+    def due(self, recipient_ids: Iterable[bytes], now: int) -> tuple[int, list[bytes]]:
+        """The mark for ``now`` and the ids whose stored mark may be older than it."""
+        mark = use_mark(now)
+        return mark, [r for r in recipient_ids if self._marks.get(r, -1) < mark]
+
+    def written(self, recipient_ids: Iterable[bytes], mark: int) -> None:
+        """Record that the store now holds ``mark`` (or later) for these ids."""
+        for r in recipient_ids:
+            if len(self._marks) >= self._limit:
+                self._marks.clear()
+            self._marks[r] = mark
+
+    def forget(self, recipient_id: bytes) -> None:
+        self._marks.pop(recipient_id, None)

@@ -11,6 +11,12 @@ Contract every backend keeps (tests/unit/relay/test_store_contract.py runs it ag
   queue keys, padded ciphertext, coarse times. No addresses, no per-client logs.
 - **Atomic quotas.** ``put_message`` checks the per-queue limits and appends in one step.
 - **Bad ids change nothing.** Unknown ids raise :class:`NoQueue`; nothing is written.
+- **Abandoned queues go.** Each queue keeps one coarse mark of use: the start of the
+  :data:`USE_GRANULE` period (a week) in which it was last created, sent to (``put_message``),
+  read by its subscriber (``pending``) or held by a subscription (``touch_queues``).
+  ``expire_queues`` deletes, with their messages, the queues whose mark shows them unused for
+  at least ``limits.queue_ttl_seconds``. The mark is never finer than a week, so a seized
+  store cannot tell which day or hour a queue was last used (docs/known-attacks.md).
 
 The relay's protocol core (``kith.relay.core``) never calls a store: the adapter executes
 the core's storage effects against one. Backends are therefore swappable without touching it.
@@ -18,9 +24,9 @@ the core's storage effects against one. Backends are therefore swappable without
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from kith.errors import StoreError
 
@@ -80,13 +86,41 @@ class StoredRef:
     received_at: int
 
 
+#: How coarsely a store records when a queue was last used (seconds). A week: fine enough to
+#: remove abandoned queues within a week of their TTL, coarse enough that a seized relay
+#: learns only which week a queue was last active, not which day or hour.
+USE_GRANULE: Final = 7 * 24 * 3600
+
+
+def use_mark(now: int) -> int:
+    """The coarse mark stored for a queue used at ``now``: the start of its granule."""
+    return int(now) - int(now) % USE_GRANULE
+
+
+def idle_cutoff(now: int, limits: Limits) -> int:
+    """Queues whose mark is at or below this have been unused for at least the queue TTL.
+
+    A mark ``m`` means the last use fell in ``[m, m + USE_GRANULE)``, so the queue is surely
+    idle for ``queue_ttl_seconds`` once ``m + USE_GRANULE + queue_ttl_seconds <= now``: rounding
+    may keep a queue up to one granule longer than its TTL, never remove it earlier.
+    """
+    return int(now) - limits.queue_ttl_seconds - USE_GRANULE
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-queue quota and expiry, in force when a message is stored."""
+    """Per-queue quota and expiry, in force when a message is stored.
+
+    ``queue_ttl_seconds`` is how long a queue may go unused before the sweep deletes it (90
+    days by default: four times the message expiry, so a device that is off for weeks, or
+    hidden for a month, keeps its queues, while queues nobody uses any more do not pile up
+    on disk for ever; docs/operations.md).
+    """
 
     max_messages: int = 1000
     max_bytes: int = 16 * 1024 * 1024
     ttl_seconds: int = 21 * 24 * 3600
+    queue_ttl_seconds: int = 90 * 24 * 3600
 
 
 #: Called with a recipient id when a message for it may be pending (possibly from another
@@ -153,6 +187,21 @@ class Store(Protocol):
 
     async def expire(self, now: int, limits: Limits) -> int:
         """Delete messages older than ``limits.ttl_seconds``. Returns how many."""
+
+    async def touch_queues(self, recipient_ids: Iterable[bytes], now: int) -> None:
+        """Mark these queues used at ``now`` (coarsely, see :func:`use_mark`).
+
+        The relay calls it before :meth:`expire_queues` with every queue it holds a
+        subscription for, so a subscriber connected for longer than the queue TTL without
+        re-subscribing never loses its queue, whichever relay process runs the sweep. Unknown
+        ids are skipped (a subscription may outlive its queue by a moment). ``put_message``
+        and ``pending`` mark their queue themselves.
+        """
+
+    async def expire_queues(self, now: int, limits: Limits) -> int:
+        """Delete every queue unused for ``limits.queue_ttl_seconds`` (mark at or below
+        :func:`idle_cutoff`), with its messages, as ``delete_queue`` would. Returns how many
+        queues."""
 
     async def stats(self) -> dict[str, int]:
         """Aggregate counts only (queues, messages, bytes) for metrics."""

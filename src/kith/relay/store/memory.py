@@ -13,6 +13,7 @@ push the message itself; the hint that follows is then a harmless spurious one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from kith.errors import StoreUnavailable
@@ -34,6 +35,8 @@ from kith.relay.store.base import (
     QuotaExceeded,
     StoredMessage,
     StoredRef,
+    idle_cutoff,
+    use_mark,
 )
 
 
@@ -41,6 +44,8 @@ from kith.relay.store.base import (
 class _Queue:
     record: QueueRecord
     created_at: int
+    #: coarse mark of the last use (base.use_mark): what expire_queues judges idleness by
+    last_used: int
     last_seq: int = 0
     nbytes: int = 0
     #: insertion order is seq order, because seqs are handed out in insertion order
@@ -83,7 +88,7 @@ class MemoryStore:
         check_id("sender_id", record.sender_id)
         if record.recipient_id in self._by_recipient or record.sender_id in self._by_sender:
             raise DuplicateId("queue id already in use")
-        q = _Queue(record, now)
+        q = _Queue(record, now, use_mark(now))
         self._by_recipient[record.recipient_id] = q
         self._by_sender[record.sender_id] = q
 
@@ -115,9 +120,13 @@ class MemoryStore:
     async def delete_queue(self, recipient_id: bytes) -> None:
         self._live()
         q = self._queue(recipient_id)
+        self._drop(q)
+
+    def _drop(self, q: _Queue) -> None:
         del self._by_recipient[q.record.recipient_id]
         del self._by_sender[q.record.sender_id]
         q.messages.clear()
+        q.nbytes = 0
 
     # ------------------------------------------------------------------ messages
 
@@ -142,6 +151,7 @@ class MemoryStore:
             raise QuotaExceeded("queue is full")
         if msg_id in q.messages:
             raise DuplicateId("message id already in this queue")
+        q.last_used = max(q.last_used, use_mark(now))
         q.last_seq += 1
         q.nbytes += len(body)
         q.messages[msg_id] = StoredMessage(q.last_seq, msg_id, now, body)
@@ -160,6 +170,7 @@ class MemoryStore:
         self._live()
         check_count("limit", limit)
         q = self._queue(recipient_id)
+        q.last_used = max(q.last_used, use_mark(now))
         cutoff = expiry_cutoff(now, limits)
         out: list[StoredMessage] = []
         for m in q.messages.values():
@@ -190,6 +201,22 @@ class MemoryStore:
                 q.nbytes -= len(m.body)
             n += len(old)
         return n
+
+    async def touch_queues(self, recipient_ids: Iterable[bytes], now: int) -> None:
+        self._live()
+        mark = use_mark(now)
+        for rid in recipient_ids:
+            q = self._by_recipient.get(check_id("recipient_id", rid))
+            if q is not None:
+                q.last_used = max(q.last_used, mark)
+
+    async def expire_queues(self, now: int, limits: Limits) -> int:
+        self._live()
+        cutoff = idle_cutoff(now, limits)
+        idle = [q for q in self._by_recipient.values() if q.last_used <= cutoff]
+        for q in idle:
+            self._drop(q)
+        return len(idle)
 
     # ------------------------------------------------------------------ hints and metrics
 

@@ -29,7 +29,15 @@ Keys (``P`` is the configurable prefix, default ``kith:``; ids are lower-case he
     P m:<rid>   hash   msg_id -> "<seq>:<received_at>:<body>"
     P z:<rid>   zset   msg_id scored by seq: delivery order and ``after_seq`` paging
     P x         zset   "<rid>:<msg_id>" scored by received_at: what expire() walks
+    P u         zset   rid scored by the week of the queue's last use: what expire_queues() walks
     P st        hash   queues, messages, bytes: aggregate counters for stats()
+
+The use index ``P u`` is a sorted set rather than a key TTL refreshed on use: a key that
+Redis expires by itself would leave the sender index, the expiry index and the aggregate
+counters pointing at a queue that is gone, and the relay's clock (the ``now`` every call takes)
+would not decide when. Puts and creations mark the queue in their own script; ``pending`` and
+``touch_queues`` do so once per queue per week per process. A queue created by a release that
+kept no index is adopted by its next use, and kept until then.
 
 Nothing else is stored: no addresses, no clients, no logs. Scripts derive the per-queue keys
 of a ``put`` from the sender index, so this backend targets a single Redis primary (optionally
@@ -86,7 +94,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -101,6 +109,7 @@ from redis.typing import EncodableT
 
 from kith.errors import ConfigError, StoreUnavailable
 from kith.relay.store._common import (
+    UseMarks,
     Watchers,
     check_body,
     check_count,
@@ -118,6 +127,8 @@ from kith.relay.store.base import (
     QuotaExceeded,
     StoredMessage,
     StoredRef,
+    idle_cutoff,
+    use_mark,
 )
 
 T = TypeVar("T")
@@ -128,6 +139,8 @@ log = logging.getLogger(__name__)
 MIN_REDIS_VERSION: Final = (7, 0)
 
 _EXPIRE_BATCH: Final = 500
+#: Idle queues one expire_queues script deletes (each may hold up to its quota of messages).
+_IDLE_BATCH: Final = 16
 _PAGE: Final = 500
 #: Most script calls the write lane sends in one pipeline.
 _LANE_BATCH: Final = 512
@@ -135,10 +148,11 @@ _LANE_BATCH: Final = 512
 # ---------------------------------------------------------------------------- Lua scripts
 
 _CREATE: Final = """#!lua
--- KEYS: q, s, st   ARGV: rid, sid, recipient_key, sender_key, has_sender_key, now
+-- KEYS: q, s, st, u   ARGV: rid, sid, recipient_key, sender_key, has_sender_key, now, mark
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
 redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'rk', ARGV[3], 'created', ARGV[6],
            'seq', 0, 'n', 0, 'b', 0)
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'sk', ARGV[4]) end
@@ -169,9 +183,10 @@ return 0
 """
 
 _DELETE: Final = """#!lua
--- KEYS: q, m, z, x, st   ARGV: rid, prefix
+-- KEYS: q, m, z, x, st, u   ARGV: rid, prefix
 local v = redis.call('HMGET', KEYS[1], 'sid', 'n', 'b')
 if not v[1] then return 0 end
+redis.call('ZREM', KEYS[6], ARGV[1])
 local mids = redis.call('HKEYS', KEYS[2])
 for i = 1, #mids do
   redis.call('ZREM', KEYS[4], ARGV[1] .. ':' .. mids[i])
@@ -185,8 +200,8 @@ return 1
 
 # Results: {0} no queue, {1} not authorised, {2} quota, {3} duplicate, {4, rid, seq} stored.
 _PUT: Final = """#!lua
--- KEYS: s, x, st
--- ARGV: prefix, msg_id, now, body, max_messages, max_bytes, sender_key, has_key, token
+-- KEYS: s, x, st, u
+-- ARGV: prefix, msg_id, now, body, max_messages, max_bytes, sender_key, has_key, token, mark
 local rid = redis.call('GET', KEYS[1])
 if not rid then return {0} end
 local q = ARGV[1] .. 'q:' .. rid
@@ -207,6 +222,7 @@ redis.call('ZADD', ARGV[1] .. 'z:' .. rid, seq, ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], rid .. ':' .. ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'messages', 1)
 redis.call('HINCRBY', KEYS[3], 'bytes', size)
+redis.call('ZADD', KEYS[4], 'GT', ARGV[10], rid)
 redis.call('PUBLISH', ARGV[1] .. 'n:' .. rid, ARGV[9])
 return {4, rid, seq}
 """
@@ -282,6 +298,41 @@ end
 return {#items, n}
 """
 
+_TOUCH: Final = """#!lua
+-- KEYS: u   ARGV: prefix, mark, rid...
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. 'q:' .. ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[i])
+  end
+end
+return 1
+"""
+
+_EXPIRE_QUEUES: Final = """#!lua
+-- KEYS: u, x, st   ARGV: prefix, cutoff, batch
+local rids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local n = 0
+for i = 1, #rids do
+  local rid = rids[i]
+  local q = ARGV[1] .. 'q:' .. rid
+  local m = ARGV[1] .. 'm:' .. rid
+  local v = redis.call('HMGET', q, 'sid', 'n', 'b')
+  if v[1] then
+    local mids = redis.call('HKEYS', m)
+    for j = 1, #mids do
+      redis.call('ZREM', KEYS[2], rid .. ':' .. mids[j])
+    end
+    redis.call('DEL', q, m, ARGV[1] .. 'z:' .. rid, ARGV[1] .. 's:' .. v[1])
+    redis.call('HINCRBY', KEYS[3], 'queues', -1)
+    redis.call('HINCRBY', KEYS[3], 'messages', 0 - tonumber(v[2]))
+    redis.call('HINCRBY', KEYS[3], 'bytes', 0 - tonumber(v[3]))
+    n = n + 1
+  end
+  redis.call('ZREM', KEYS[1], rid)
+end
+return {#rids, n}
+"""
+
 
 def _b(value: object) -> bytes:
     """A reply field that must be bytes (the client never decodes replies)."""
@@ -351,11 +402,22 @@ class RedisStore:
         self._ctl_channel = f"{prefix}ctl".encode()
         self._stats_key = f"{prefix}st"
         self._expiry_key = f"{prefix}x"
+        self._use_key = f"{prefix}u"
+        self._marks = UseMarks()
         # Reads: redis-py's Script objects reload themselves after NOSCRIPT (order is moot).
         self._by_sender = self._client.register_script(_BY_SENDER)
         self._pending = self._client.register_script(_PENDING)
         # Writes: sent by the write lane, which loads them on each connection first.
-        self._write_scripts = (_CREATE, _SECURE, _DELETE, _PUT, _ACK, _EXPIRE)
+        self._write_scripts = (
+            _CREATE,
+            _SECURE,
+            _DELETE,
+            _PUT,
+            _ACK,
+            _EXPIRE,
+            _TOUCH,
+            _EXPIRE_QUEUES,
+        )
         self._sha = {src: self._client.register_script(src).sha for src in self._write_scripts}
         self._lane_conn: AbstractConnection = self._pool.connection_class(
             **self._pool.connection_kwargs
@@ -570,8 +632,16 @@ class RedisStore:
         q = self._keys(rid)[0]
         ok = await self._write(
             _CREATE,
-            [q, f"{self._prefix}s:{sid}", self._stats_key],
-            [rid, sid, rkey, skey or b"", "0" if skey is None else "1", int(now)],
+            [q, f"{self._prefix}s:{sid}", self._stats_key, self._use_key],
+            [
+                rid,
+                sid,
+                rkey,
+                skey or b"",
+                "0" if skey is None else "1",
+                int(now),
+                use_mark(now),
+            ],
         )
         if ok != 1:
             raise DuplicateId("queue id already in use")
@@ -610,7 +680,7 @@ class RedisStore:
     async def delete_queue(self, recipient_id: bytes) -> None:
         rid = check_id("recipient_id", recipient_id).hex()
         q, m, z = self._keys(rid)
-        keys = [q, m, z, self._expiry_key, self._stats_key]
+        keys = [q, m, z, self._expiry_key, self._stats_key, self._use_key]
         if await self._write(_DELETE, keys, [rid, self._prefix]) != 1:
             raise NoQueue("no such queue")
 
@@ -628,7 +698,7 @@ class RedisStore:
         sid = check_id("sender_id", sender_id).hex()
         mid = check_id("msg_id", msg_id).hex()
         data = check_body(body)
-        keys = [f"{self._prefix}s:{sid}", self._expiry_key, self._stats_key]
+        keys = [f"{self._prefix}s:{sid}", self._expiry_key, self._stats_key, self._use_key]
         args: list[EncodableT] = [
             self._prefix,
             mid,
@@ -639,6 +709,7 @@ class RedisStore:
             sender_key or b"",
             "0" if sender_key is None else "1",
             self._token,
+            use_mark(now),
         ]
         result = await self._write(_PUT, keys, args)
         code = result[0]
@@ -677,6 +748,10 @@ class RedisStore:
             out.append(
                 StoredMessage(int(seq), bytes.fromhex(flat[i].decode()), int(received_at), data)
             )
+        # Delivery matters more than the mark: if the write fails, the read still stands and
+        # the mark is written by the next pending or by the sweep's touch_queues.
+        with contextlib.suppress(StoreUnavailable):
+            await self.touch_queues((recipient_id,), now)
         return out
 
     async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
@@ -698,6 +773,26 @@ class RedisStore:
             seen, deleted = await self._write(_EXPIRE, keys, args)
             total += int(deleted)
             if int(seen) < _EXPIRE_BATCH:
+                return total
+
+    async def touch_queues(self, recipient_ids: Iterable[bytes], now: int) -> None:
+        ids = [check_id("recipient_id", r) for r in recipient_ids]
+        mark, due = self._marks.due(ids, now)
+        for start in range(0, len(due), _PAGE):
+            chunk = due[start : start + _PAGE]
+            args: list[EncodableT] = [self._prefix, mark, *(r.hex() for r in chunk)]
+            await self._write(_TOUCH, [self._use_key], args)
+            self._marks.written(chunk, mark)
+
+    async def expire_queues(self, now: int, limits: Limits) -> int:
+        """Delete idle queues a few at a time, so no script runs long."""
+        keys = [self._use_key, self._expiry_key, self._stats_key]
+        args: list[EncodableT] = [self._prefix, idle_cutoff(now, limits), _IDLE_BATCH]
+        total = 0
+        while True:
+            seen, deleted = await self._write(_EXPIRE_QUEUES, keys, args)
+            total += int(deleted)
+            if int(seen) < _IDLE_BATCH:
                 return total
 
     async def stats(self) -> dict[str, int]:

@@ -54,6 +54,13 @@ and see which queues alternate (the two queues of one conversation) or arrive in
 member queues of one circle), though ``received_at`` is rounded to the minute. Nothing here may
 use ``rowid``; the natural key is ``(recipient_id, seq)``. What the file format still keeps in
 write order (WAL frames, page allocation) is in docs/known-attacks.md, "SQLite residue".
+
+Idle queues (schema v3): ``queues.last_used`` holds the week of a queue's last use. Triggers set
+it when a queue is created and when a message is stored (inside the statement that already
+updates the queue's counters, so a put costs nothing more); ``pending`` and ``touch_queues``
+raise it through the writer, at most once per queue per week per process (:class:`UseMarks`).
+``expire_queues`` deletes idle queues a few at a time; their messages go by the foreign key's
+``ON DELETE CASCADE`` and the counters with them.
 """
 
 from __future__ import annotations
@@ -66,13 +73,14 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from kith.errors import StoreError, StoreUnavailable
 from kith.relay.store._common import (
+    UseMarks,
     Watchers,
     check_body,
     check_count,
@@ -90,18 +98,22 @@ from kith.relay.store.base import (
     QuotaExceeded,
     StoredMessage,
     StoredRef,
+    idle_cutoff,
 )
 
 T = TypeVar("T")
 
 #: The schema version this code writes and reads.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 #: Upper bound on ops per transaction: keeps one commit's latency bounded under a flood.
 DEFAULT_BATCH_MAX: Final = 4096
 
 #: Rows one expire op deletes before letting queued puts and acks through.
 _EXPIRE_CHUNK: Final = 2000
+
+#: Idle queues one expire_queues op deletes (each may hold up to its quota of messages).
+_IDLE_CHUNK: Final = 16
 
 _FILE_MODE: Final = 0o600
 
@@ -140,6 +152,7 @@ class SQLiteStore:
         self._path = Path(path)
         self._batch_max = batch_max
         self._watchers = Watchers()
+        self._marks = UseMarks()
         self._notify: NotifyFn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ops: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -505,7 +518,12 @@ class SQLiteStore:
                 raise NoQueue("no such queue")
             return [StoredMessage(s, bytes(m), t, bytes(b)) for s, m, t, b in rows]
 
-        return await self._read(op)
+        out = await self._read(op)
+        # Delivery matters more than the mark: if the write fails, the read still stands and
+        # the mark is written by the next pending or by the sweep's touch_queues.
+        with contextlib.suppress(StoreUnavailable):
+            await self.touch_queues((rid,), now)
+        return out
 
     async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
         rid = check_id("recipient_id", recipient_id)
@@ -540,6 +558,39 @@ class SQLiteStore:
             n: int = await self._submit(op)
             total += n
             if n < _EXPIRE_CHUNK:
+                return total
+
+    async def touch_queues(self, recipient_ids: Iterable[bytes], now: int) -> None:
+        ids = [check_id("recipient_id", r) for r in recipient_ids]
+        mark, due = self._marks.due(ids, now)
+        if not due:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE queues SET last_used = ? WHERE recipient_id = ? AND last_used < ?",
+                [(mark, rid, mark) for rid in due],
+            )
+
+        await self._write(op)
+        self._marks.written(due, mark)
+
+    async def expire_queues(self, now: int, limits: Limits) -> int:
+        """Delete idle queues a few at a time, so puts and acks are not stalled behind it."""
+        cutoff = idle_cutoff(now, limits)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM queues WHERE recipient_id IN"
+                " (SELECT recipient_id FROM queues WHERE last_used <= ? LIMIT ?)",
+                (cutoff, _IDLE_CHUNK),
+            ).rowcount
+
+        total = 0
+        while True:
+            n: int = await self._submit(op)
+            total += n
+            if n < _IDLE_CHUNK:
                 return total
 
     # ------------------------------------------------------------------ hints and metrics

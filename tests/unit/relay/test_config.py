@@ -1,0 +1,35 @@
+"""Relay settings for the queue TTL: defaults, the TOML key, and refusals of nonsense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kith.errors import ConfigError
+from kith.relay.config import RelaySettings, load
+
+
+def test_the_default_queue_ttl_is_90_days() -> None:
+    limits = RelaySettings().server_config().relay.limits
+    assert limits.queue_ttl_seconds == 90 * 86400
+    assert limits.queue_ttl_seconds > limits.ttl_seconds
+
+
+def test_queue_ttl_days_is_read_from_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "relay.toml"
+    f.write_text("queue_ttl_days = 30\nttl_days = 7\n", encoding="utf-8")
+    limits = load(f).server_config().relay.limits
+    assert limits.queue_ttl_seconds == 30 * 86400
+    assert limits.ttl_seconds == 7 * 86400
+
+
+@pytest.mark.parametrize("value", ["20", "0", "-5", "nan", "inf", '"90"'])
+def test_a_queue_ttl_shorter_than_message_expiry_or_absurd_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    """A queue deleted before its messages expire would drop mail for an owner merely away."""
+    f = tmp_path / "relay.toml"
+    f.write_text(f"ttl_days = 21\nqueue_ttl_days = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load(f).server_config()
