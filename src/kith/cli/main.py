@@ -223,6 +223,8 @@ def _relay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--block-size", dest="block_size", type=int)
     serve.add_argument("--ttl-days", dest="ttl_days", type=float)
     serve.add_argument("--quota-messages", dest="quota_messages", type=int)
+    serve.add_argument("--queue-ttl-days", dest="queue_ttl_days", type=float,
+                       help="delete queues unused this many days (default 90)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

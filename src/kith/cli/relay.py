@@ -25,6 +25,7 @@ def serve(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         ttl_days=args.ttl_days,
         quota_messages=args.quota_messages,
+        queue_ttl_days=args.queue_ttl_days,
     )
     server_config = settings.server_config()
     logging.basicConfig(level=logging.INFO, format="kith relay: %(message)s", stream=sys.stderr)
