@@ -106,6 +106,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " message_id INTEGER REFERENCES messages (id) ON DELETE SET NULL)",
         "CREATE INDEX outbox_relay ON outbox (relay, id)",
     ),
+    # 2: incoming sequence numbers are stored (to mark messages that arrive late); the index
+    # keeps the "late" check of a message listing from scanning the whole conversation.
+    ("CREATE INDEX messages_by_seq ON messages (contact_id, outgoing, seq)",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
