@@ -82,6 +82,8 @@ class _Relay:
         self.client: RelayClient | None = None
         self.subs: dict[bytes, _Subscription] = {}
         self.proven: set[bytes] = set()
+        #: queues whose subscription this connection already took back once after an END
+        self.retaken: set[bytes] = set()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.failed_attempts = 0
@@ -113,7 +115,7 @@ class _Relay:
             # Publish the connection first, so a subscribe() racing with this loop either is
             # in the list below or sees the client and subscribes itself (a double SUB only
             # restarts delivery, which the service tolerates).
-            self.client, self.proven = client, set()
+            self.client, self.proven, self.retaken = client, set(), set()
             client.on_end = self._taken_over
             try:
                 for sub in list(self.subs.values()):
@@ -152,7 +154,10 @@ class _Relay:
             return
         self.pool.taken_over(self.url, recipient_id)
         client = self.client
-        if client is not None:
+        # Once per connection: a copy that keeps re-subscribing must not turn this into a
+        # subscription tug of war at network speed (the next reconnect takes it back again).
+        if client is not None and recipient_id not in self.retaken:
+            self.retaken.add(recipient_id)
             task = asyncio.create_task(self._resubscribe(client, sub))
             self.pool.background.add(task)
             task.add_done_callback(self.pool.background.discard)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from kith.client import events as ev
 from kith.client.relay import RelayClient
 from kith.client.store import QueueKind
@@ -34,4 +38,27 @@ async def test_another_subscriber_to_our_inbox_raises_an_alarm_and_we_keep_recei
     await bob.sync(5)
     got = await wait_for(stream, lambda e: isinstance(e, ev.MessageReceived))
     assert isinstance(got, ev.MessageReceived) and got.message.text == "still here"
+    await alice.lock()
+
+
+async def test_a_clone_that_keeps_resubscribing_does_not_start_a_tug_of_war(
+    make_profile: MakeProfile, relay: Relay
+) -> None:
+    alice = await make_profile("alice")
+    bob = await make_profile("bob")
+    await pair(alice, bob, "alice")
+    stream = alice.events()
+    await alice.start()
+    inbox = next(q for q in alice._queues.values() if q.kind is QueueKind.CONTACT)
+    key = SigningKey(inbox.auth_seed)
+    async with await RelayClient.connect(relay.url) as clone:
+        await clone.subscribe(inbox.recipient_id, key)
+        await wait_for(stream, lambda e: isinstance(e, ev.SubscriptionTakenOver))
+        assert await clone.ended.get() == inbox.recipient_id  # alice took it back once
+        await clone.subscribe(inbox.recipient_id, key)  # the clone insists
+        await wait_for(stream, lambda e: isinstance(e, ev.SubscriptionTakenOver))
+        # Alice raises the alarm again but does not fight: the clone keeps the subscription.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(clone.ended.get(), 1.0)
+    assert alice.stats["subscriptions_taken_over"] == 2
     await alice.lock()
