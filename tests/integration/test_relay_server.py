@@ -250,3 +250,72 @@ async def test_thousands_of_pipelined_commands_are_all_answered_under_the_inflig
         assert server.counters.values["messages_stored"] == 3000
     finally:
         await server.stop()
+
+
+# ---------------------------------------------------------------------------- WebSocket layer
+
+
+async def test_a_fragmented_message_is_reassembled(relay: RelayServer) -> None:
+    async with connect(url(relay), compression=None) as ws:
+        await ws.recv()  # HELLO
+        frame = p.encode(p.Ping(41))
+        await ws.send([frame[:2], frame[2:4], frame[4:]])
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Pong(41)  # type: ignore[arg-type]
+        # The connection goes on normally afterwards.
+        await ws.send(p.encode(p.Ping(42)))
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Pong(42)  # type: ignore[arg-type]
+
+
+async def test_a_fragmented_message_over_the_limit_closes_with_1009(relay: RelayServer) -> None:
+    async with connect(url(relay), compression=None) as ws:
+        await ws.recv()
+        piece = bytes(2 * BLOCK)  # each fragment is allowed; together they are not
+        await ws.send([piece, piece, piece])
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_connections_past_the_limit_are_refused_with_1013() -> None:
+    server = RelayServer(MemoryStore(), ServerConfig(port=0, max_connections=2))
+    await server.start()
+    try:
+        async with connect(url(server)) as a, connect(url(server)) as b:
+            await a.recv()
+            await b.recv()
+            async with connect(url(server)) as c:
+                with pytest.raises(ConnectionClosed) as info:
+                    await c.recv()
+                assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+            # The refused connection was never counted: the two first still work.
+            await a.send(p.encode(p.Ping(1)))
+            assert p.decode_reply(await a.recv(), 4096) == p.Pong(1)  # type: ignore[arg-type]
+        assert server.counters.values["connections_refused"] == 1
+    finally:
+        await server.stop()
+
+
+async def test_stopping_the_relay_closes_connections_with_1001() -> None:
+    server = RelayServer(MemoryStore(), ServerConfig(port=0))
+    await server.start()
+    async with connect(url(server)) as ws:
+        await ws.recv()
+        await server.stop()
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+async def test_a_client_close_is_answered_and_releases_its_subscription(
+    relay: RelayServer,
+) -> None:
+    client = await RelayClient.connect(url(relay))
+    key, rid, _sid = await queue(client)
+    await client.subscribe(rid, key)
+    await client.close()
+    for _ in range(100):
+        if "kith_relay_subscriptions 0" in await relay.render_metrics():
+            break
+        await asyncio.sleep(0.02)
+    assert "kith_relay_subscriptions 0" in await relay.render_metrics()
+    assert "kith_relay_connections_open 0" in await relay.render_metrics()

@@ -16,7 +16,7 @@ import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "kith"
 CRYPTO_LIBS = ("cryptography", "vodozemac", "argon2", "_argon2_cffi_bindings", "sqlcipher3", "nacl")
-IO_LIBS = ("asyncio", "socket", "websockets", "redis", "selectors", "threading")
+IO_LIBS = ("asyncio", "socket", "websockets", "picows", "redis", "selectors", "threading")
 INTERFACES = ("kith.cli", "kith.tui", "kith.web")
 
 

@@ -14,6 +14,13 @@ protocol decision is made by :class:`~kith.relay.core.RelayConnection`. The adap
 
 It records no addresses and keeps no per-client logs: the logger only ever sees aggregate
 events (start, stop, store unavailable), never a peer address or a queue id.
+
+The WebSocket layer is ``picows``: callbacks instead of a coroutine per connection, and frame
+parsing in compiled code. The hot path (a SEND or an ACK) therefore runs without an
+``asyncio.Task``: a frame arrives in :meth:`_Connection.on_ws_frame`, the core answers, the
+store returns a future for the storage effect (the SQLite and memory stores do; Redis returns
+a coroutine, which is wrapped in a task), and the outcome is fed back from the future's done
+callback. Frames produced in one turn of the event loop leave in one socket write.
 """
 
 from __future__ import annotations
@@ -23,11 +30,20 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from functools import partial
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_create_server,
+)
 
 from kith.errors import StoreError, StoreUnavailable
 from kith.relay import core
@@ -49,6 +65,18 @@ FETCH_RETRY_DELAY = 1.0
 MAX_INFLIGHT = 256
 INFLIGHT_LOW = 128
 
+#: Keep-alive: a connection silent for this long is pinged, and dropped if no pong follows
+#: within the same time. Over Tor a round trip can take seconds, so both are generous.
+PING_IDLE = 30.0
+PING_REPLY_TIMEOUT = 30.0
+
+#: Seconds a new TCP connection has to complete the WebSocket upgrade.
+HANDSHAKE_TIMEOUT = 10.0
+
+#: Read buffer each connection starts with; it grows on demand (a 4 KiB block fits after one
+#: doubling). Small, because 10,000 idle connections each hold one.
+READ_BUFFER_INIT = 2048
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -61,47 +89,160 @@ class ServerConfig:
     relay: core.RelayConfig = field(default_factory=core.RelayConfig)
 
 
-class _Connection:
-    __slots__ = ("closed", "core", "flush_pending", "relay", "room", "tasks", "ws")
+def _frame_header(size: int) -> bytes:
+    """The header of one unmasked, final, binary WebSocket frame of ``size`` bytes (RFC 6455
+    section 5.2; a server never masks)."""
+    if size < 126:
+        return bytes((0x82, size))
+    if size < 1 << 16:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big")
+    return bytes((0x82, 127)) + size.to_bytes(8, "big")
 
-    def __init__(self, relay: RelayServer, ws: ServerConnection) -> None:
+
+class _RandomPool:
+    """Random bytes from the OS, drawn a page at a time.
+
+    The core asks for a 16-byte message id per SEND; one ``getrandom`` call per id was a
+    measurable cost. The bytes are the same OS randomness, used once each, in order.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        if n > 256:
+            return os.urandom(n)
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._buf, pos = os.urandom(4096), 0
+        self._pos = pos + n
+        return self._buf[pos : pos + n]
+
+
+class _Connection(WSListener):
+    """One client connection: the core's state plus its output buffer and in-flight work."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        super().__init__()
         self.relay = relay
-        self.ws = ws
+        self.transport: WSTransport | None = None
         self.core = core.RelayConnection(
-            relay.config.relay, os.urandom(32), os.urandom, time.time(), relay.counters
+            relay.config.relay, os.urandom(32), relay.random, time.time(), relay.counters
         )
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.room = asyncio.Event()
-        self.room.set()
-        self.flush_pending = False
+        self.inflight: set[asyncio.Future[object]] = set()
+        self.paused = False
+        self.out: list[bytes] = []
         self.closed = False
+        self.refused = False
+        # A message split over several frames (continuation frames), being reassembled.
+        self.fragments: list[bytes] | None = None
+        self.fragments_text = False
+        self.fragments_size = 0
+
+    # ------------------------------------------------------------------ picows callbacks
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        relay = self.relay
+        if len(relay._connections) >= relay.config.max_connections:
+            relay.counters.add("connections_refused")
+            self.refused = self.closed = True
+            transport.send_close(WSCloseCode.TRY_AGAIN_LATER, b"relay full")
+            transport.disconnect()
+            return
+        relay._connections.add(self)
+        relay.counters.add("connections_total")
+        self.write(self.core.hello())
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.BINARY or msg_type is WSMsgType.TEXT:
+            if self.fragments is not None:
+                self._fail(WSCloseCode.PROTOCOL_ERROR, b"expected a continuation frame")
+                return
+            if frame.fin:
+                self.receive(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
+                return
+            self.fragments = [frame.get_payload_as_bytes()]
+            self.fragments_text = msg_type is WSMsgType.TEXT
+            self.fragments_size = frame.payload_size
+        elif msg_type is WSMsgType.CONTINUATION:
+            if self.fragments is None:
+                self._fail(WSCloseCode.PROTOCOL_ERROR, b"unexpected continuation frame")
+                return
+            self.fragments_size += frame.payload_size
+            if self.fragments_size > self.relay.max_message_size:
+                self._fail(WSCloseCode.MESSAGE_TOO_BIG, b"message too big")
+                return
+            self.fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                self.receive(data, self.fragments_text)
+        elif msg_type is WSMsgType.CLOSE:
+            # Answer the closing handshake (with 1000: echoing a code the peer made up could
+            # put an invalid one on the wire) and hang up.
+            self.flush()
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+        # PING is answered by picows itself; a PONG needs nothing.
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.refused:
+            return
+        self.close()
+        self.relay._connections.discard(self)
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, data: bytes, text: bool) -> None:
+        try:
+            # A text message is not a relay frame: the core answers it with a typed error.
+            outputs = self.core.receive("" if text else data, time.time())
+            self.run(outputs)
+        except Exception:
+            self.relay.counters.add("internal_errors")
+            log.exception("frame handling failed")
+            self._fail(WSCloseCode.INTERNAL_ERROR, b"")
+
+    def _fail(self, code: WSCloseCode, reason: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self.flush()
+        transport.send_close(code, reason)
+        transport.disconnect()
+
+    # ------------------------------------------------------------------ output
 
     def write(self, data: bytes) -> None:
         """Queue one frame. Frames produced in one turn of the event loop leave in one socket
         write (a reply, a push and an ACK's answer often coincide), in order."""
-        ws = self.ws
-        if self.closed or ws.protocol.state is not State.OPEN:
+        if self.closed:
             return
-        ws.protocol.send_binary(data)
-        if not self.flush_pending:
-            self.flush_pending = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        out = self.out
+        if not out:
+            self.relay.loop.call_soon(self.flush)
+        out.append(_frame_header(len(data)))
+        out.append(data)
 
     def flush(self) -> None:
-        self.flush_pending = False
-        ws = self.ws
-        chunks = ws.protocol.data_to_send()
-        if not chunks:
+        out = self.out
+        if not out:
             return
-        if b"" in chunks:
-            # An end-of-stream marker (the library is closing): hand everything back to it.
-            ws.protocol.writes[:0] = chunks
-            ws.send_data()
+        self.out = []
+        transport = self.transport
+        if transport is None or transport.is_close_frame_sent or transport.is_disconnected:
             return
-        ws.transport.write(b"".join(chunks))
-        if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        raw = transport.underlying_transport
+        raw.write(b"".join(out))
+        if raw.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.relay.counters.add("slow_consumers_dropped")
-            ws.transport.abort()
+            transport.disconnect(graceful=False)
+
+    # ------------------------------------------------------------------ effects
 
     def run(self, outputs: list[core.Output]) -> None:
         """Carry out the core's outputs in order."""
@@ -113,53 +254,89 @@ class _Connection:
             elif isinstance(out, core.Unsubscribe):
                 self.relay.unsubscribe(out.recipient_id, self)
             else:
-                task = asyncio.ensure_future(self._effect(out))
-                self.tasks.add(task)
-                task.add_done_callback(self._task_done)
-                if len(self.tasks) >= MAX_INFLIGHT:
-                    self.room.clear()
+                self.start(out)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if len(self.tasks) <= INFLIGHT_LOW:
-            self.room.set()
-
-    async def _effect(self, effect: core.Effect) -> None:
-        outcome: object
+    def start(self, effect: core.Effect) -> None:
+        """Start one storage effect now (this fixes its order) and finish it in a callback."""
+        relay = self.relay
+        fut: asyncio.Future[object]
         try:
-            outcome = await self.relay.execute(effect)
-        except StoreUnavailable as exc:
-            self.relay.store_unavailable()
-            outcome = exc
-        except StoreError as exc:
-            # An expected refusal (no such queue, quota, wrong sender key): the core turns it
-            # into a typed ERR frame; nothing to log.
-            outcome = exc
-        except Exception as exc:
-            self.relay.counters.add("internal_errors")
-            log.exception("store operation failed")
-            outcome = exc
+            fut = asyncio.ensure_future(start_effect(relay.store, effect))
+        except Exception as exc:  # noqa: BLE001 -- fed back to the core like any outcome
+            fut = relay.loop.create_future()
+            fut.set_exception(exc)
+        self.inflight.add(fut)
+        fut.add_done_callback(partial(self._done, effect))
+        if len(self.inflight) >= MAX_INFLIGHT and not self.paused:
+            self._pause()
+
+    def _done(self, effect: core.Effect, fut: asyncio.Future[object]) -> None:
+        self.inflight.discard(fut)
+        if self.paused and len(self.inflight) <= INFLIGHT_LOW:
+            self._resume()
+        relay = self.relay
+        outcome: object
+        if fut.cancelled():
+            outcome = StoreUnavailable("store operation cancelled")
+        else:
+            exc = fut.exception()
+            if exc is None:
+                outcome = fut.result()
+            elif isinstance(exc, StoreUnavailable):
+                relay.store_unavailable()
+                outcome = exc
+            elif isinstance(exc, StoreError):
+                # An expected refusal (no such queue, quota, wrong sender key): the core turns
+                # it into a typed ERR frame; nothing to log.
+                outcome = exc
+            else:
+                relay.counters.add("internal_errors")
+                log.error("store operation failed", exc_info=exc)
+                outcome = exc
         if self.closed:
             return
         self.run(self.core.complete(effect, outcome, time.time()))
-        if isinstance(effect, core.DeleteQueue) and outcome is None:
-            self.relay.queue_deleted(effect.recipient_id)
-        if isinstance(effect, core.Fetch) and isinstance(outcome, StoreUnavailable):
+        if isinstance(effect, core.StoreMessage):
+            if isinstance(outcome, StoredRef):
+                relay.stored(outcome, effect.body, effect.msg_id)
+        elif isinstance(effect, core.DeleteQueue):
+            if outcome is None:
+                relay.queue_deleted(effect.recipient_id)
+        elif isinstance(effect, core.Fetch) and isinstance(outcome, StoreUnavailable):
             # The core kept the subscription owed a fetch; try again shortly rather than wait
             # for a hint or an ACK that may never come.
-            asyncio.get_running_loop().call_later(
-                FETCH_RETRY_DELAY, self._retry_fetch, effect.recipient_id
-            )
-        if isinstance(effect, core.StoreMessage) and isinstance(outcome, StoredRef):
-            self.relay.stored(outcome, effect.body, effect.msg_id)
+            relay.loop.call_later(FETCH_RETRY_DELAY, self._retry_fetch, effect.recipient_id)
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self.paused = True
+            self.transport.underlying_transport.pause_reading()
+
+    def _resume(self) -> None:
+        self.paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected:
+            transport.underlying_transport.resume_reading()
 
     def _retry_fetch(self, recipient_id: bytes) -> None:
         if not self.closed:
             self.run(self.core.notify(recipient_id, time.time()))
 
     def close(self) -> None:
+        if self.closed:
+            return
         self.run(self.core.close())
         self.closed = True
+        self.out = []
+
+    def going_away(self) -> None:
+        """The relay is stopping: say so and hang up."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        self.flush()
+        transport.send_close(WSCloseCode.GOING_AWAY, b"relay stopping")
+        transport.disconnect()
 
 
 class RelayServer:
@@ -169,32 +346,49 @@ class RelayServer:
         self.store = store
         self.config = config or ServerConfig()
         self.counters = core.Counters()
+        self.random = _RandomPool()
+        #: Frames up to twice the largest valid one are read and answered with a typed
+        #: TOO_LARGE error; anything bigger closes the connection (1009) unread.
+        self.max_message_size = 2 * core.RelayConnection(
+            self.config.relay, bytes(32), os.urandom, 0.0
+        ).max_frame_size()
         self._subscribers: dict[bytes, _Connection] = {}
         self._connections: set[_Connection] = set()
-        self._server: Server | None = None
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._last_unavailable_log = 0.0
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("relay not started")
+        return self._loop
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.store.start(self._on_notify)
-        limit = core.RelayConnection(
-            self.config.relay, bytes(32), os.urandom, 0.0
-        ).max_frame_size()
-        self._server = await serve(
-            self._handle,
+
+        def accept(request: WSUpgradeRequest) -> _Connection:
+            return _Connection(self)
+
+        self._server = await ws_create_server(
+            accept,
             self.config.host,
             self.config.port,
-            # Frames up to twice the largest valid one are read and answered with a typed
-            # TOO_LARGE error; anything bigger closes the connection (1009) unread.
-            max_size=2 * limit,
-            compression=None,
-            server_header=None,
-            ping_interval=30,
-            ping_timeout=30,
-            logger=_quiet_logger(),
+            websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+            logger_name=_quiet_logger(),
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=PING_IDLE,
+            auto_ping_reply_timeout=PING_REPLY_TIMEOUT,
+            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+            enable_auto_pong=True,
+            max_frame_size=self.max_message_size,
+            read_buffer_init_size=READ_BUFFER_INIT,
+            use_aiofastnet=False,
         )
         if self.config.metrics_port is not None:
             self._metrics = MetricsServer(self.render_metrics)
@@ -206,7 +400,7 @@ class RelayServer:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("relay not started")
-        return int(next(iter(self._server.sockets)).getsockname()[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def metrics_port(self) -> int | None:
@@ -219,11 +413,14 @@ class RelayServer:
                 await self._sweeper
         if self._server is not None:
             self._server.close()
+        for conn in list(self._connections):
+            conn.going_away()
+        if self._server is not None:
             await self._server.wait_closed()
         if self._metrics is not None:
             await self._metrics.stop()
         # Let in-flight store operations finish so nothing acknowledged is left half-done.
-        pending = [t for c in self._connections for t in c.tasks]
+        pending = [f for c in self._connections for f in c.inflight]
         if pending:
             await asyncio.wait(pending, timeout=10)
         await self.store.close()
@@ -235,27 +432,7 @@ class RelayServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # ------------------------------------------------------------------ connections
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        if len(self._connections) >= self.config.max_connections:
-            self.counters.add("connections_refused")
-            await ws.close(1013, "relay full")
-            return
-        conn = _Connection(self, ws)
-        self._connections.add(conn)
-        self.counters.add("connections_total")
-        try:
-            conn.write(conn.core.hello())
-            async for data in ws:
-                conn.run(conn.core.receive(data, time.time()))
-                if not conn.room.is_set():
-                    await conn.room.wait()
-        except ConnectionClosed:
-            pass
-        finally:
-            conn.close()
-            self._connections.discard(conn)
+    # ------------------------------------------------------------------ subscriptions
 
     def subscribe(self, recipient_id: bytes, conn: _Connection) -> None:
         old = self._subscribers.get(recipient_id)
@@ -277,10 +454,10 @@ class RelayServer:
             del self._subscribers[recipient_id]
             self._spawn(self.store.unwatch(recipient_id))
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
             try:
-                await coro  # type: ignore[misc]
+                await coro
             except StoreUnavailable:
                 self.store_unavailable()
 
@@ -297,9 +474,6 @@ class RelayServer:
         conn = self._subscribers.get(ref.recipient_id)
         if conn is not None:
             conn.run(conn.core.deliver_stored(ref, body, msg_id, time.time()))
-
-    async def execute(self, effect: core.Effect) -> object:
-        return await execute_effect(self.store, effect)
 
     def store_unavailable(self) -> None:
         self.counters.add("store_unavailable")
@@ -352,28 +526,30 @@ class RelayServer:
         return "\n".join(lines) + "\n"
 
 
-async def execute_effect(s: Store, effect: core.Effect) -> object:
-    """Run one storage effect against the store and return its outcome."""
+def start_effect(s: Store, effect: core.Effect) -> Awaitable[object]:
+    """Start one storage effect against the store and return an awaitable of its outcome.
+
+    The store call is made here, synchronously, so effects start in the order they are
+    passed (the store contract orders messages by call order). Stores may return a plain
+    future for their hot operations; then no task is needed to wait for it.
+    """
     match effect:
-        case core.CreateQueue(_, record, now):
-            await s.create_queue(record, now)
-            return None
+        case core.StoreMessage(_, sid, msg_id, body, now, limits, skey):
+            return s.put_message(sid, msg_id, body, now, limits, skey)
+        case core.AckMessage(_, rid, msg_id):
+            return s.ack(rid, msg_id)
+        case core.Fetch(rid, after, limit, now, limits):
+            return s.pending(rid, after, limit, now, limits)
         case core.LoadQueue(_, entity, by_sender):
             if by_sender:
-                return await s.queue_by_sender(entity)
-            return await s.queue_by_recipient(entity)
+                return s.queue_by_sender(entity)
+            return s.queue_by_recipient(entity)
+        case core.CreateQueue(_, record, now):
+            return s.create_queue(record, now)
         case core.SecureQueue(_, rid, skey):
-            await s.secure_queue(rid, skey)
-            return None
+            return s.secure_queue(rid, skey)
         case core.DeleteQueue(_, rid):
-            await s.delete_queue(rid)
-            return None
-        case core.StoreMessage(_, sid, msg_id, body, now, limits, skey):
-            return await s.put_message(sid, msg_id, body, now, limits, skey)
-        case core.Fetch(rid, after, limit, now, limits):
-            return await s.pending(rid, after, limit, now, limits)
-        case core.AckMessage(_, rid, msg_id):
-            return await s.ack(rid, msg_id)
+            return s.delete_queue(rid)
     raise TypeError(f"not a storage effect: {type(effect).__name__}")
 
 
@@ -381,7 +557,7 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def _quiet_logger() -> logging.Logger:
-    """The websockets library logs peer addresses on errors; the relay must not."""
+    """The WebSocket library logs peer addresses on every connection; the relay must not."""
     quiet = logging.getLogger("kith.relay.websocket")
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())

@@ -291,7 +291,7 @@ async def test_closing_during_an_outage_is_prompt_and_quiet(
     rec = new_record()
     await store.create_queue(rec, NOW)
     own_server.stop()
-    pending = asyncio.create_task(store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS))
+    pending = asyncio.ensure_future(store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS))
     await asyncio.sleep(0)  # the put is queued in the write lane
     started = time.monotonic()
     await store.close()

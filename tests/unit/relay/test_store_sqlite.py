@@ -469,7 +469,7 @@ async def test_a_read_after_an_awaited_write_sees_it(tmp_path: Path) -> None:
         for rec in recs:
             await store.create_queue(rec, NOW)
         noise = [
-            asyncio.create_task(store.put_message(recs[i % 4].sender_id, mid(), b"n", NOW, BIG))
+            asyncio.ensure_future(store.put_message(recs[i % 4].sender_id, mid(), b"n", NOW, BIG))
             for i in range(400)
         ]
         rec = recs[4]
@@ -497,7 +497,7 @@ async def test_close_finishes_writes_already_queued(tmp_path: Path) -> None:
     rec = new_record()
     await store.create_queue(rec, NOW)
     tasks = [
-        asyncio.create_task(store.put_message(rec.sender_id, mid(), b"x", NOW, BIG))
+        asyncio.ensure_future(store.put_message(rec.sender_id, mid(), b"x", NOW, BIG))
         for _ in range(300)
     ]
     await asyncio.sleep(0)  # every task has queued its write

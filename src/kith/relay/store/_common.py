@@ -16,7 +16,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from kith.relay.store.base import Limits, use_mark
@@ -52,6 +53,20 @@ def check_count(name: str, value: object) -> int:
 def expiry_cutoff(now: int, limits: Limits) -> int:
     """Messages with ``received_at`` strictly below this are expired."""
     return now - limits.ttl_seconds
+
+
+def hint_after_caller(
+    loop: asyncio.AbstractEventLoop, hint: Callable[[bytes, int], None], rid: bytes, seq: int
+) -> None:
+    """Schedule a local new-message hint for after the put's caller has seen the result.
+
+    Call it while completing a put (inside the coroutine, or just before resolving the future
+    the caller waits on). The caller's completion callbacks are scheduled when the put
+    completes; the hint goes two loop turns out, so they run first. A relay that pushes the
+    message straight from the returned :class:`~kith.relay.store.base.StoredRef` then sees its
+    own hint as stale and drops it, instead of starting a read that finds nothing new.
+    """
+    loop.call_soon(loop.call_soon, hint, rid, seq)
 
 
 class Watchers:

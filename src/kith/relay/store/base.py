@@ -24,7 +24,7 @@ the core's storage effects against one. Backends are therefore swappable without
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -153,7 +153,7 @@ class Store(Protocol):
     async def delete_queue(self, recipient_id: bytes) -> None:
         """Delete the queue and every message in it. Unknown queue raises NoQueue."""
 
-    async def put_message(
+    def put_message(
         self,
         sender_id: bytes,
         msg_id: bytes,
@@ -161,7 +161,7 @@ class Store(Protocol):
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
-    ) -> StoredRef:
+    ) -> Awaitable[StoredRef]:
         """Append a message to the queue whose sender id is ``sender_id``; durable on return.
 
         ``sender_key`` is the sender key the connection proved (SAUTH), or None. If the queue
@@ -169,7 +169,12 @@ class Store(Protocol):
         with the insert, so securing a queue takes effect for every connection at once.
         Returns where the message went (so the caller can push it to a local subscriber).
         Raises NoQueue, NotAuthorized or QuotaExceeded (nothing stored). Notifies watchers of
-        the queue in other processes (Redis) or this one.
+        the queue in other processes (Redis) or this one; the local hint is scheduled after
+        the caller has seen the result (:func:`~kith.relay.store._common.hint_after_caller`).
+
+        The put is *enqueued* when the method is called, not when it is first awaited: a
+        backend may return a plain future (no coroutine, no task) for this hot path. Bad
+        arguments may therefore raise at the call.
         """
 
     async def pending(
@@ -177,8 +182,9 @@ class Store(Protocol):
     ) -> list[StoredMessage]:
         """Up to ``limit`` unexpired messages with ``seq > after_seq``, oldest first."""
 
-    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
-        """Delete one message; durable on return. False if it was not there."""
+    def ack(self, recipient_id: bytes, msg_id: bytes) -> Awaitable[bool]:
+        """Delete one message; durable on return. False if it was not there. Like
+        ``put_message``, enqueued at the call and may return a plain future."""
 
     async def watch(self, recipient_id: bytes) -> None:
         """Start delivering notify() hints for this queue (a subscriber is connected here)."""

@@ -13,16 +13,18 @@ push the message itself; the hint that follows is then a harmless spurious one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from kith.errors import StoreUnavailable
+from kith.errors import StoreError, StoreUnavailable
 from kith.relay.store._common import (
     Watchers,
     check_body,
     check_count,
     check_id,
     expiry_cutoff,
+    hint_after_caller,
 )
 from kith.relay.store.base import (
     AlreadySecured,
@@ -38,6 +40,8 @@ from kith.relay.store.base import (
     idle_cutoff,
     use_mark,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -130,7 +134,7 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ messages
 
-    async def put_message(
+    def put_message(
         self,
         sender_id: bytes,
         msg_id: bytes,
@@ -138,11 +142,23 @@ class MemoryStore:
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
-    ) -> StoredRef:
-        loop = self._live()
+    ) -> asyncio.Future[StoredRef]:
         check_id("msg_id", msg_id)
         check_body(body)
-        q = self._by_sender.get(check_id("sender_id", sender_id))
+        check_id("sender_id", sender_id)
+        return _settled(self._put, sender_id, msg_id, body, now, limits, sender_key)
+
+    def _put(
+        self,
+        sender_id: bytes,
+        msg_id: bytes,
+        body: bytes,
+        now: int,
+        limits: Limits,
+        sender_key: bytes | None,
+    ) -> StoredRef:
+        loop = self._live()
+        q = self._by_sender.get(sender_id)
         if q is None:
             raise NoQueue("no such queue")
         if q.record.sender_key is not None and sender_key != q.record.sender_key:
@@ -157,7 +173,7 @@ class MemoryStore:
         q.messages[msg_id] = StoredMessage(q.last_seq, msg_id, now, body)
         rid = q.record.recipient_id
         if rid in self._watchers:
-            loop.call_soon(self._hint, rid, q.last_seq)
+            hint_after_caller(loop, self._hint, rid, q.last_seq)
         return StoredRef(rid, q.last_seq, now)
 
     def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
@@ -180,9 +196,13 @@ class MemoryStore:
                 out.append(m)
         return out
 
-    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
-        self._live()
+    def ack(self, recipient_id: bytes, msg_id: bytes) -> asyncio.Future[bool]:
         check_id("msg_id", msg_id)
+        check_id("recipient_id", recipient_id)
+        return _settled(self._ack, recipient_id, msg_id)
+
+    def _ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
+        self._live()
         q = self._queue(recipient_id)
         m = q.messages.pop(msg_id, None)
         if m is None:
@@ -238,3 +258,14 @@ class MemoryStore:
             "messages": sum(len(q.messages) for q in qs),
             "bytes": sum(q.nbytes for q in qs),
         }
+
+
+def _settled(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """Run ``fn`` now and return its outcome as a finished future: a refusal (a StoreError)
+    is delivered through the future, as from any other backend, not raised at the call."""
+    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        fut.set_result(fn(*args))
+    except StoreError as exc:
+        fut.set_exception(exc)
+    return fut

@@ -115,6 +115,7 @@ from kith.relay.store._common import (
     check_count,
     check_id,
     expiry_cutoff,
+    hint_after_caller,
 )
 from kith.relay.store.base import (
     AlreadySecured,
@@ -717,7 +718,7 @@ class RedisStore:
             rid = bytes.fromhex(result[1].decode())
             seq = int(result[2])
             if rid in self._watchers and self._loop is not None:
-                self._loop.call_soon(self._hint, rid, seq)
+                hint_after_caller(self._loop, self._hint, rid, seq)
             return StoredRef(rid, seq, int(now))
         if code == 1:
             raise NotAuthorized("queue is secured")

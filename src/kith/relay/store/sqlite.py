@@ -450,7 +450,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ messages
 
-    async def put_message(
+    def put_message(
         self,
         sender_id: bytes,
         msg_id: bytes,
@@ -458,7 +458,7 @@ class SQLiteStore:
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
-    ) -> StoredRef:
+    ) -> asyncio.Future[StoredRef]:
         sid = check_id("sender_id", sender_id)
         mid = check_id("msg_id", msg_id)
         data = check_body(body)
@@ -491,10 +491,18 @@ class SQLiteStore:
                 raise
             return StoredRef(bytes(rid), seq, now)
 
-        ref: StoredRef = await self._submit(op)
+        fut: asyncio.Future[StoredRef] = self._submit(op)
+        fut.add_done_callback(self._put_done)
+        return fut
+
+    def _put_done(self, fut: asyncio.Future[StoredRef]) -> None:
+        # Registered before the caller's own callbacks, so the hint (one turn later) follows
+        # them (see hint_after_caller).
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        ref = fut.result()
         if ref.recipient_id in self._watchers and self._loop is not None:
             self._loop.call_soon(self._hint, ref.recipient_id, ref.seq)
-        return ref
 
     def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
         if self._notify is not None and self._running:
@@ -525,7 +533,7 @@ class SQLiteStore:
             await self.touch_queues((rid,), now)
         return out
 
-    async def ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
+    def ack(self, recipient_id: bytes, msg_id: bytes) -> asyncio.Future[bool]:
         rid = check_id("recipient_id", recipient_id)
         mid = check_id("msg_id", msg_id)
 
@@ -539,8 +547,8 @@ class SQLiteStore:
                 raise NoQueue("no such queue")
             return False
 
-        result: bool = await self._submit(op)
-        return result
+        fut: asyncio.Future[bool] = self._submit(op)
+        return fut
 
     async def expire(self, now: int, limits: Limits) -> int:
         """Delete expired messages in chunks, so puts and acks are not stalled behind it."""
