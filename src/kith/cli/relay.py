@@ -20,6 +20,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         store=args.store,
         db=args.db,
+        stage_ms=args.stage_ms,
         redis_url=args.redis_url,
         metrics_port=args.metrics_port,
         block_size=args.block_size,

@@ -6,6 +6,7 @@ Example (every key optional; these are the defaults)::
     port = 7650
     store = "sqlite"            # sqlite | memory | redis
     db = "kith-relay.db"        # sqlite only
+    stage_ms = 20               # sqlite only: hold a message this long before writing it
     redis_url = "redis://127.0.0.1:6379/0"
     redis_prefix = "kith:"
     metrics_port = 0            # 0 = no metrics endpoint
@@ -46,6 +47,7 @@ class RelaySettings:
     port: int = 7650
     store: str = "sqlite"
     db: str = "kith-relay.db"
+    stage_ms: float = 20.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "kith:"
     metrics_port: int = 0
@@ -75,6 +77,8 @@ class RelaySettings:
             raise ConfigError(
                 "quota_messages, quota_bytes (>= block_size) and ttl_days must be positive"
             )
+        if not 0 <= self.stage_ms <= 1000:
+            raise ConfigError("stage_ms must be between 0 and 1000")
         if not self.queue_ttl_days >= self.ttl_days:
             # A queue must outlive the messages waiting in it: deleting it sooner would drop
             # undelivered messages before their own expiry, for an owner merely offline.
@@ -114,7 +118,7 @@ class RelaySettings:
             return RedisStore(self.redis_url, prefix=self.redis_prefix)
         from kith.relay.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(self.db))
+        return SQLiteStore(Path(self.db), stage_seconds=self.stage_ms / 1000)
 
 
 def load(path: Path | None) -> RelaySettings:

@@ -48,7 +48,7 @@ from picows import (
 from kith.errors import StoreError, StoreUnavailable
 from kith.relay import core
 from kith.relay.metrics import MetricsServer
-from kith.relay.store.base import Store, StoredRef
+from kith.relay.store.base import AcceptFn, Store, StoredRef
 
 log = logging.getLogger("kith.relay")
 
@@ -120,6 +120,24 @@ class _RandomPool:
             self._buf, pos = os.urandom(4096), 0
         self._pos = pos + n
         return self._buf[pos : pos + n]
+
+
+class _EarlyPush:
+    """The ``accepted`` callback of one put: a store that stages messages before writing them
+    (SQLite) calls it once the message is checked and numbered, and the message goes to its
+    subscriber then, without waiting for the commit. The sender's OK still waits for the
+    put to complete (durable, or acknowledged by the recipient first)."""
+
+    __slots__ = ("effect", "pushed", "relay")
+
+    def __init__(self, relay: RelayServer, effect: core.StoreMessage) -> None:
+        self.relay = relay
+        self.effect = effect
+        self.pushed = False
+
+    def __call__(self, ref: StoredRef) -> None:
+        self.pushed = True
+        self.relay.stored(ref, self.effect.body, self.effect.msg_id)
 
 
 class _Connection(WSListener):
@@ -260,17 +278,20 @@ class _Connection(WSListener):
         """Start one storage effect now (this fixes its order) and finish it in a callback."""
         relay = self.relay
         fut: asyncio.Future[object]
+        early = _EarlyPush(relay, effect) if isinstance(effect, core.StoreMessage) else None
         try:
-            fut = asyncio.ensure_future(start_effect(relay.store, effect))
+            fut = asyncio.ensure_future(start_effect(relay.store, effect, early))
         except Exception as exc:  # noqa: BLE001 -- fed back to the core like any outcome
             fut = relay.loop.create_future()
             fut.set_exception(exc)
         self.inflight.add(fut)
-        fut.add_done_callback(partial(self._done, effect))
+        fut.add_done_callback(partial(self._done, effect, early))
         if len(self.inflight) >= MAX_INFLIGHT and not self.paused:
             self._pause()
 
-    def _done(self, effect: core.Effect, fut: asyncio.Future[object]) -> None:
+    def _done(
+        self, effect: core.Effect, early: _EarlyPush | None, fut: asyncio.Future[object]
+    ) -> None:
         self.inflight.discard(fut)
         if self.paused and len(self.inflight) <= INFLIGHT_LOW:
             self._resume()
@@ -297,7 +318,7 @@ class _Connection(WSListener):
             return
         self.run(self.core.complete(effect, outcome, time.time()))
         if isinstance(effect, core.StoreMessage):
-            if isinstance(outcome, StoredRef):
+            if isinstance(outcome, StoredRef) and (early is None or not early.pushed):
                 relay.stored(outcome, effect.body, effect.msg_id)
         elif isinstance(effect, core.DeleteQueue):
             if outcome is None:
@@ -526,16 +547,19 @@ class RelayServer:
         return "\n".join(lines) + "\n"
 
 
-def start_effect(s: Store, effect: core.Effect) -> Awaitable[object]:
+def start_effect(
+    s: Store, effect: core.Effect, accepted: AcceptFn | None = None
+) -> Awaitable[object]:
     """Start one storage effect against the store and return an awaitable of its outcome.
 
     The store call is made here, synchronously, so effects start in the order they are
     passed (the store contract orders messages by call order). Stores may return a plain
-    future for their hot operations; then no task is needed to wait for it.
+    future for their hot operations; then no task is needed to wait for it. ``accepted`` is
+    handed to ``put_message`` (see :data:`~kith.relay.store.base.AcceptFn`).
     """
     match effect:
         case core.StoreMessage(_, sid, msg_id, body, now, limits, skey):
-            return s.put_message(sid, msg_id, body, now, limits, skey)
+            return s.put_message(sid, msg_id, body, now, limits, skey, accepted=accepted)
         case core.AckMessage(_, rid, msg_id):
             return s.ack(rid, msg_id)
         case core.Fetch(rid, after, limit, now, limits):

@@ -33,3 +33,20 @@ def test_a_queue_ttl_shorter_than_message_expiry_or_absurd_is_refused(
     f.write_text(f"ttl_days = 21\nqueue_ttl_days = {value}\n", encoding="utf-8")
     with pytest.raises(ConfigError):
         load(f).server_config()
+
+
+def test_stage_ms_reaches_the_sqlite_store(tmp_path: Path) -> None:
+    f = tmp_path / "relay.toml"
+    f.write_text(f'stage_ms = 250\ndb = "{tmp_path / "r.db"}"\n', encoding="utf-8")
+    settings = load(f)
+    settings.server_config()
+    store = settings.make_store()
+    assert store._stage_seconds == 0.25  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "nan", '"20"'])
+def test_an_absurd_stage_ms_is_refused(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "relay.toml"
+    f.write_text(f"stage_ms = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load(f).server_config()

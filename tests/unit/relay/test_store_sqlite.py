@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from kith.errors import StoreUnavailable
-from kith.relay.store.base import USE_GRANULE, Limits, NoQueue, NotAuthorized, QueueRecord
+from kith.relay.store.base import (
+    USE_GRANULE,
+    DuplicateId,
+    Limits,
+    NoQueue,
+    NotAuthorized,
+    QueueRecord,
+    QuotaExceeded,
+    StoredRef,
+)
 from kith.relay.store.sqlite import SCHEMA_VERSION, SchemaError, SQLiteStore, StoreInUse
 
 from .conftest import Hints, new_record
@@ -650,5 +659,170 @@ async def test_reopened_queue_record_round_trips(tmp_path: Path) -> None:
     try:
         assert await store.queue_by_recipient(rec.recipient_id) == rec
         assert await store.stats() == {"queues": 1, "messages": 0, "bytes": 0}
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------- staging
+
+
+async def staging(path: Path, seconds: float, hints: Hints | None = None) -> SQLiteStore:
+    store = SQLiteStore(path, stage_seconds=seconds)
+    await store.start(hints if hints is not None else Hints())
+    return store
+
+
+async def test_a_message_acknowledged_while_staged_never_reaches_the_disk(
+    tmp_path: Path,
+) -> None:
+    """The relay pushes a staged message at once; if the recipient acknowledges it before it
+    is due, it is never written. A second message, left unacknowledged, is written: the same
+    search finds it, so the search works."""
+    delivered = b"DELIVERED-WHILE-ONLINE-" * 40
+    waiting = b"WAITING-FOR-RECIPIENT--" * 40
+    store = await staging(tmp_path / "relay.db", 0.5)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    accepted: asyncio.Queue[StoredRef] = asyncio.Queue()
+    m1, m2 = mid(), mid()
+    put1 = store.put_message(
+        rec.sender_id, m1, delivered, NOW, LIMITS, accepted=accepted.put_nowait
+    )
+    ref = await asyncio.wait_for(accepted.get(), 5)
+    assert ref.seq == 1 and not put1.done()  # numbered and deliverable, not yet durable
+    assert await store.ack(rec.recipient_id, m1) is True
+    assert await put1 == ref  # acknowledged first: the put is complete without a write
+    assert (await store.put_message(rec.sender_id, m2, waiting, NOW, LIMITS)).seq == 2
+    await store.close()
+    assert files_containing(tmp_path, delivered[:23]) == []
+    assert files_containing(tmp_path, waiting[:23]) != []
+
+
+async def test_a_put_completes_only_once_its_message_is_written(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await staging(db, 0.2)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    put = store.put_message(rec.sender_id, mid(), b"body", NOW, LIMITS)
+    await asyncio.sleep(0.05)
+    assert not put.done()
+    assert await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS) == []  # not written yet
+    ref = await asyncio.wait_for(put, 5)
+    got = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    assert [m.seq for m in got] == [ref.seq] and got[0].body == b"body"
+
+
+async def test_close_writes_every_staged_message(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await staging(db, 1.0)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    puts = [store.put_message(rec.sender_id, mid(), b"x", NOW, BIG) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    assert not any(p.done() for p in puts)
+    await store.close()
+    assert sorted(r.seq for r in await asyncio.gather(*puts)) == list(range(1, 51))
+    store = await opened(db)
+    try:
+        assert (await store.stats())["messages"] == 50
+    finally:
+        await store.close()
+
+
+async def test_seqs_of_messages_acknowledged_while_staged_are_never_reused(
+    tmp_path: Path,
+) -> None:
+    """Delivery pushes a message straight away only if its seq follows the last one pushed;
+    a seq handed out twice would make the relay skip a message. Acknowledged-while-staged
+    messages are never inserted, so their seqs must still be recorded, across a restart."""
+    db = tmp_path / "relay.db"
+    store = await staging(db, 0.5)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    refs: asyncio.Queue[StoredRef] = asyncio.Queue()
+    ids = [mid(), mid(), mid()]
+    puts = [
+        store.put_message(rec.sender_id, m, b"x", NOW, LIMITS, accepted=refs.put_nowait)
+        for m in ids
+    ]
+    assert [(await refs.get()).seq for _ in ids] == [1, 2, 3]
+    for m in ids:
+        assert await store.ack(rec.recipient_id, m)
+    await asyncio.gather(*puts)
+    assert (await store.put_message(rec.sender_id, mid(), b"y", NOW, LIMITS)).seq == 4
+    fourth = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    assert [m.seq for m in fourth] == [4]
+    assert await store.ack(rec.recipient_id, fourth[0].msg_id)
+    # The last seq given out was acknowledged while staged; after a restart the next is 6.
+    m5 = mid()
+    put5 = store.put_message(rec.sender_id, m5, b"z", NOW, LIMITS, accepted=refs.put_nowait)
+    assert (await refs.get()).seq == 5
+    assert await store.ack(rec.recipient_id, m5)
+    await put5
+    await store.close()
+    store = await opened(db)
+    try:
+        assert (await store.put_message(rec.sender_id, mid(), b"w", NOW, LIMITS)).seq == 6
+    finally:
+        await store.close()
+
+
+async def test_staged_messages_count_against_the_quota(tmp_path: Path) -> None:
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        small = Limits(max_messages=2)
+        puts = [store.put_message(rec.sender_id, mid(), b"x", NOW, small) for _ in range(3)]
+        with pytest.raises(QuotaExceeded):
+            await asyncio.wait_for(puts[2], 0.5)  # refused at once, before anything is written
+        assert not puts[0].done() and not puts[1].done()
+        await asyncio.gather(*puts[:2])
+    finally:
+        await store.close()
+
+
+async def test_a_staged_message_can_be_refused_for_a_duplicate_id(tmp_path: Path) -> None:
+    store = await staging(tmp_path / "relay.db", 0.3)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        m = mid()
+        first = store.put_message(rec.sender_id, m, b"x", NOW, LIMITS)
+        with pytest.raises(DuplicateId):
+            await store.put_message(rec.sender_id, m, b"y", NOW, LIMITS)  # still staged
+        await first
+        with pytest.raises(DuplicateId):
+            await store.put_message(rec.sender_id, m, b"z", NOW, LIMITS)  # now written
+    finally:
+        await store.close()
+
+
+async def test_deleting_a_queue_takes_its_staged_messages(tmp_path: Path) -> None:
+    marker = b"STAGED-THEN-QUEUE-DELETED" * 40
+    store = await staging(tmp_path / "relay.db", 1.0)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    put = store.put_message(rec.sender_id, mid(), marker, NOW, LIMITS)
+    await store.delete_queue(rec.recipient_id)
+    assert (await asyncio.wait_for(put, 5)).seq == 1
+    with pytest.raises(NoQueue):
+        await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+    await store.close()
+    assert files_containing(tmp_path, marker[:25]) == []
+
+
+async def test_a_staged_message_is_hinted_once_written(tmp_path: Path) -> None:
+    """A subscriber whose window was full when the message was staged reads it after the
+    write; the hint that follows the write is what tells it to."""
+    hints = Hints()
+    store = await staging(tmp_path / "relay.db", 0.1, hints)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        await store.watch(rec.recipient_id)
+        await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
+        await hints.wait_for(rec.recipient_id)
+        assert [m.seq for m in await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)] == [1]
     finally:
         await store.close()

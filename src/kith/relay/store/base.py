@@ -129,6 +129,11 @@ class Limits:
 #: relay skip a hint for a message it already pushed straight from ``put_message``'s result.
 NotifyFn = Callable[[bytes, int | None], None]
 
+#: Called on the event loop, at most once, with a message's :class:`StoredRef` as soon as a
+#: backend has checked and numbered it, possibly *before* it is durable (see
+#: ``put_message``). The relay pushes the message to a local subscriber from here.
+AcceptFn = Callable[["StoredRef"], None]
+
 
 class Store(Protocol):
     """What the relay needs from storage. All methods may raise StoreUnavailable."""
@@ -161,6 +166,8 @@ class Store(Protocol):
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
+        *,
+        accepted: AcceptFn | None = None,
     ) -> Awaitable[StoredRef]:
         """Append a message to the queue whose sender id is ``sender_id``; durable on return.
 
@@ -175,6 +182,14 @@ class Store(Protocol):
         The put is *enqueued* when the method is called, not when it is first awaited: a
         backend may return a plain future (no coroutine, no task) for this hot path. Bad
         arguments may therefore raise at the call.
+
+        ``accepted``, if given, may be called with the ref once the message is checked and
+        numbered but before it is durable. A backend that holds messages in memory for a
+        moment before writing them (SQLite's staging) calls it so that the message can be
+        delivered meanwhile; if the recipient's ``ack`` for it arrives before it is written,
+        the message is never written, and the put completes then: delivered and
+        acknowledged is at least as final as durable. Backends without staging never call
+        it; the caller delivers from the result.
         """
 
     async def pending(

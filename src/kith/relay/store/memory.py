@@ -27,6 +27,7 @@ from kith.relay.store._common import (
     hint_after_caller,
 )
 from kith.relay.store.base import (
+    AcceptFn,
     AlreadySecured,
     DuplicateId,
     Limits,
@@ -142,6 +143,8 @@ class MemoryStore:
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
+        *,
+        accepted: AcceptFn | None = None,  # no staging here: never called
     ) -> asyncio.Future[StoredRef]:
         check_id("msg_id", msg_id)
         check_body(body)

@@ -118,6 +118,7 @@ from kith.relay.store._common import (
     hint_after_caller,
 )
 from kith.relay.store.base import (
+    AcceptFn,
     AlreadySecured,
     DuplicateId,
     Limits,
@@ -695,6 +696,8 @@ class RedisStore:
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
+        *,
+        accepted: AcceptFn | None = None,  # no staging here: never called
     ) -> StoredRef:
         sid = check_id("sender_id", sender_id).hex()
         mid = check_id("msg_id", msg_id).hex()

@@ -7,17 +7,41 @@ The relay answers ``SEND`` and ``ACK`` only after :meth:`SQLiteStore.put_message
 cut) right after the answer must not lose an accepted message nor resurrect an acknowledged
 one. Committing each call separately would cost one fsync per message, so writes are batched:
 
-- Every write is a small function of the connection (an *op*). A caller puts its op on a
-  thread-safe queue synchronously, before its first ``await``, so ops run in call order (and
+- Every write is a small function of the connection (an *op*), or a put or an ack. A caller
+  puts it on a thread-safe queue synchronously, at the call, so jobs run in call order (and
   per-queue message order is call order, as the contract requires), then awaits a future.
-- One writer thread owns the only write connection. It takes everything queued, runs it in
-  one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction, and only after ``COMMIT`` returns does it
-  resolve the batch's futures (one wake-up of the event loop per batch, not per op).
+- One writer thread owns the only write connection. Each *cycle* takes everything queued (up
+  to ``batch_max``), runs it in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction, and only
+  after ``COMMIT`` returns does it resolve the cycle's futures (one wake-up of the event loop
+  per cycle, not per job).
 - An op that refuses (unknown queue, quota, wrong sender key, duplicate id) raises a
-  :class:`~kith.errors.StoreError` *before* it writes anything, so the rest of its batch
-  commits unaffected. An op that fails unexpectedly is taken out and the batch re-run without
-  it. If SQLite itself fails (I/O error, disk full, locked), the batch is rolled back and every
-  caller in it gets :class:`~kith.errors.StoreUnavailable`: never a false success.
+  :class:`~kith.errors.StoreError` *before* it writes anything, so the rest of its cycle
+  commits unaffected. An op that fails unexpectedly runs inside a savepoint and undoes only
+  itself. If SQLite itself fails (I/O error, disk full, locked), the transaction is rolled
+  back and every caller that needed it gets :class:`~kith.errors.StoreUnavailable`: never a
+  false success.
+
+Staging
+-------
+A put is not written at once. The writer checks it as the insert would (queue, sender key,
+quota counting the staged messages too), gives it the queue's next seq, and *stages* it in
+memory; the ``accepted`` callback then tells the relay, which pushes the message to a local
+subscriber immediately. The staged message is written when it is due: ``stage_seconds`` old,
+staged in an earlier cycle, and with the job queue drained (an ACK for it might be waiting
+otherwise). At most :data:`_STAGE_MAX` messages are staged and none waits more than
+:data:`_STAGE_MAX_AGE` past its due time. If the recipient's ACK arrives first, the message is
+never written, and both the put and the ack complete then: the put's caller learns that the
+message was delivered and acknowledged, which is at least as final as durable. A put
+completes (the sender's OK) only once its message is committed or acknowledged, so a crash
+loses only puts that were never answered, and the sender sends those again.
+
+Because a message acknowledged while staged is never inserted, the insert trigger never
+records its seq in ``queues.last_seq``. The writer keeps a *view* per queue it has staged for,
+whose ``last_seq`` is the authority while it exists, and writes it back before dropping the
+view (when there are more than :data:`_VIEW_MAX` views, and on close). A crash loses the
+views; the seqs of messages acknowledged while staged may then be handed out again, which is
+harmless: a seq orders one queue's messages for the connections of one relay process, a crash
+ends them all, and no row holds such a seq.
 
 Reads use a second connection on a single reader thread. WAL mode lets them run while the
 writer commits, and because a future resolves only after ``COMMIT``, a read issued after an
@@ -27,7 +51,8 @@ Durability choice: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode `
 already survives a *process* crash (a committed transaction is in the WAL file in the OS page
 cache before ``COMMIT`` returns), but not an OS crash or power loss, which could silently drop
 the last messages the relay had acknowledged. ``FULL`` fsyncs the WAL at every commit; batching
-makes that one fsync per batch, so the stronger guarantee costs little throughput.
+makes that one fsync per cycle, so the stronger guarantee costs little throughput, and staging
+spares the writes (and the fsync) of messages acknowledged in time.
 
 Deletion: ``secure_delete=ON`` makes SQLite overwrite deleted rows and freed pages with zeros,
 so acknowledged ciphertext does not linger in the database file. Older page images can remain
@@ -69,12 +94,16 @@ import asyncio
 import contextlib
 import fcntl
 import importlib.resources
+import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -88,6 +117,7 @@ from kith.relay.store._common import (
     expiry_cutoff,
 )
 from kith.relay.store.base import (
+    AcceptFn,
     AlreadySecured,
     DuplicateId,
     Limits,
@@ -102,6 +132,8 @@ from kith.relay.store.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("kith.relay")
 
 #: The schema version this code writes and reads.
 SCHEMA_VERSION: Final = 3
@@ -126,10 +158,65 @@ class StoreInUse(StoreError):
     """Another process already has this database open as a relay store."""
 
 
+#: Seconds a stored message is held in memory before it is written (see "Staging").
+DEFAULT_STAGE_SECONDS: Final = 0.02  # keep in step with RelaySettings.stage_ms
+
+#: Most messages held in memory at once; past this the oldest are written at the next commit.
+_STAGE_MAX: Final = 8192
+
+#: Seconds past its due time after which a staged message is written even while the writer
+#: is behind.
+_STAGE_MAX_AGE: Final = 1.0
+
+#: Accepted puts handed to the event loop at a time while a cycle is still staging.
+_ACCEPT_CHUNK: Final = 256
+
+#: Queue views the writer keeps (see "Staging"); past this the idle ones are written back.
+_VIEW_MAX: Final = 65_536
+
 _Op = Callable[[sqlite3.Connection], Any]
-_Job = tuple[_Op, "asyncio.Future[Any]"]
-_Outcome = tuple[bool, Any]
 _STOP: Final = object()
+
+
+@dataclass(slots=True, eq=False)
+class _Put:
+    """A put on its way through the writer: validated and numbered when staged, written when
+    due, or never written if its ACK arrives first."""
+
+    sid: bytes
+    mid: bytes
+    body: bytes
+    now: int
+    max_messages: int
+    max_bytes: int
+    sender_key: bytes | None
+    accepted: AcceptFn | None
+    fut: asyncio.Future[StoredRef]
+    ref: StoredRef | None = None
+    due: float = 0.0
+    cycle: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Ack:
+    rid: bytes
+    mid: bytes
+
+
+@dataclass(slots=True, eq=False)
+class _View:
+    """The writer's view of a queue that has staged messages: the last seq handed out, the
+    staged messages' count and bytes, and the last_seq the open transaction has written."""
+
+    last_seq: int
+    count: int
+    nbytes: int
+    written_seq: int
+
+
+#: One future's outcome: (future, ok, value or exception, needs the commit). An outcome that
+#: needs the commit becomes StoreUnavailable if the transaction fails.
+_Settle = tuple["asyncio.Future[Any]", bool, Any, bool]
 
 
 def _schema_sql(name: str) -> str | None:
@@ -146,11 +233,29 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 class SQLiteStore:
     """The relay store contract on one SQLite file. One relay process per file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, batch_max: int = DEFAULT_BATCH_MAX):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_max: int = DEFAULT_BATCH_MAX,
+        stage_seconds: float = DEFAULT_STAGE_SECONDS,
+    ):
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
+        if not 0 <= stage_seconds <= 1:
+            raise ValueError("stage_seconds must be between 0 and 1")
         self._path = Path(path)
         self._batch_max = batch_max
+        self._stage_seconds = stage_seconds
+        # Writer-thread state (see "Staging"): staged puts in staging order, by (queue, id).
+        self._staged: OrderedDict[tuple[bytes, bytes], _Put] = OrderedDict()
+        self._views: dict[bytes, _View] = {}
+        self._settle: list[_Settle] = []
+        self._cycles = 0
+        # Aggregate counts (for benchmarks and debugging; not yet exported as metrics):
+        # staged messages acknowledged before being written (never written), and written.
+        self._elided = 0
+        self._written = 0
         self._watchers = Watchers()
         self._marks = UseMarks()
         self._notify: NotifyFn | None = None
@@ -304,25 +409,33 @@ class SQLiteStore:
         return fut
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
-        jobs: list[_Job] = []
+        jobs: list[tuple[object, asyncio.Future[Any]]] = []
         try:
             while True:
-                item = self._ops.get()
+                timeout = None
+                if self._staged:
+                    first = next(iter(self._staged.values()))
+                    timeout = max(0.0, first.due - time.monotonic())
+                try:
+                    item = self._ops.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
                 stop = item is _STOP
-                if not stop:
+                if item is not None and not stop:
                     jobs.append(item)  # type: ignore[arg-type]
+                drained = False
                 while not stop and len(jobs) < self._batch_max:
                     try:
                         item = self._ops.get_nowait()
                     except queue.Empty:
+                        drained = True
                         break
                     if item is _STOP:
                         stop = True
                     else:
                         jobs.append(item)  # type: ignore[arg-type]
-                if jobs:
-                    self._deliver(jobs, self._run_batch(conn, jobs))
-                    jobs = []
+                self._cycle(conn, jobs, flush_all=stop, drained=drained)
+                jobs = []
                 if stop:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -337,42 +450,240 @@ class SQLiteStore:
                     break
                 if item is not _STOP:
                     jobs.append(item)  # type: ignore[arg-type]
-            if jobs:
-                self._deliver(jobs, [(False, _unavailable(exc)) for _ in jobs])
+            err = _unavailable(exc)
+            waiting = [fut for _, fut in jobs] + [put.fut for put in self._staged.values()]
+            self._staged.clear()
+            self._post(_settle_all, [(fut, False, err, True) for fut in waiting])
             raise
 
-    def _run_batch(self, conn: sqlite3.Connection, jobs: Sequence[_Job]) -> list[_Outcome]:
-        """Run ``jobs`` in one transaction; return one (ok, value-or-exception) per job."""
+    def _cycle(
+        self, conn: sqlite3.Connection, jobs: Sequence[tuple[object, asyncio.Future[Any]]],
+        *, flush_all: bool, drained: bool = True,
+    ) -> None:
+        """One transaction: stage or run ``jobs`` in order, write the staged puts that are due,
+        commit, then resolve every future this cycle settled (after the commit)."""
+        if not jobs and not self._due(flush_all) and not (flush_all and self._views):
+            return
+        settle: list[_Settle] = []
+        self._settle = settle
+        self._cycles += 1
+        accepts: list[tuple[AcceptFn, StoredRef]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes: list[_Outcome] = []
-            for i, (op, _) in enumerate(jobs):
-                try:
-                    outcomes.append((True, op(conn)))
-                except StoreError as exc:  # refused before writing: the batch goes on
-                    outcomes.append((False, exc))
-                except sqlite3.OperationalError:
-                    raise  # the database itself is failing: handled below for all
-                except Exception as exc:  # noqa: BLE001 -- a bug in one op must not sink the others
-                    conn.execute("ROLLBACK")
-                    rest = self._run_batch(conn, [*jobs[:i], *jobs[i + 1 :]])
-                    rest.insert(i, (False, exc))
-                    return rest
+            for op, fut in jobs:
+                if type(op) is _Put:
+                    self._stage(conn, op, fut, accepts)
+                    if len(accepts) >= _ACCEPT_CHUNK:  # let deliveries start during a long cycle
+                        self._post(_accept_all, accepts)
+                        accepts = []
+                elif type(op) is _Ack:
+                    self._ack(conn, op, fut)
+                else:
+                    self._run_op(conn, op, fut)  # type: ignore[arg-type]
+            if accepts:
+                # Staged messages may be pushed to their subscribers now, before the commit.
+                self._post(_accept_all, accepts)
+            self._flush(conn, flush_all, drained)
+            synced = self._sync_views(conn, flush_all)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            return [(False, _unavailable(exc)) for _ in jobs]
-        return outcomes
+            err = _unavailable(exc)
+            settle = [(f, False, err, True) if durable else (f, ok, v, durable)
+                      for f, ok, v, durable in settle]
+            for view in self._views.values():
+                view.written_seq = -1  # unknown after a rollback: written again next time
+        else:
+            for rid in synced:
+                self._views.pop(rid, None)
+        if settle:
+            self._post(_settle_all, settle)
 
-    def _deliver(self, jobs: Sequence[_Job], outcomes: Sequence[_Outcome]) -> None:
+    def _due(self, flush_all: bool) -> bool:
+        if not self._staged:
+            return False
+        if flush_all or len(self._staged) > _STAGE_MAX:
+            return True
+        return next(iter(self._staged.values())).due <= time.monotonic()
+
+    def _post(self, fn: Callable[[list[Any]], None], items: list[Any]) -> None:
         loop = self._loop
-        if loop is None:
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(fn, items)
+
+    def _run_op(self, conn: sqlite3.Connection, op: _Op, fut: asyncio.Future[Any]) -> None:
+        """Run one ordinary op inside a savepoint, so an op that fails undoes only itself."""
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op(conn)
+        except StoreError as exc:  # refused before writing: the batch goes on
+            conn.execute("RELEASE op")
+            self._settle.append((fut, False, exc, False))
+        except sqlite3.OperationalError:
+            raise  # the database itself is failing: the whole cycle fails
+        except Exception as exc:  # noqa: BLE001 -- a bug in one op must not sink the others
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            self._settle.append((fut, False, exc, False))
+        else:
+            conn.execute("RELEASE op")
+            self._settle.append((fut, True, value, True))
+
+    # ------------------------------------------------------------------ staging
+
+    def _stage(
+        self,
+        conn: sqlite3.Connection,
+        put: _Put,
+        fut: asyncio.Future[Any],
+        accepts: list[tuple[AcceptFn, StoredRef]],
+    ) -> None:
+        """Check a put against its queue (as the insert would) and give it the next seq; it
+        is written when due. A refusal is settled at once and nothing is staged."""
+        put.fut = fut
+        row = conn.execute(
+            "SELECT recipient_id, sender_key, last_seq, msg_count, msg_bytes"
+            " FROM queues WHERE sender_id = ?",
+            (put.sid,),
+        ).fetchone()
+        refusal: StoreError | None = None
+        if row is None:
+            refusal = NoQueue("no such queue")
+        else:
+            rid, skey, last_seq, count, nbytes = bytes(row[0]), row[1], row[2], row[3], row[4]
+            view = self._views.get(rid)
+            if view is not None:
+                last_seq, count, nbytes = view.last_seq, count + view.count, nbytes + view.nbytes
+            size = len(put.body)
+            if skey is not None and put.sender_key != bytes(skey):
+                refusal = NotAuthorized("queue is secured")
+            elif count + 1 > put.max_messages or nbytes + size > put.max_bytes:
+                refusal = QuotaExceeded("queue is full")
+            elif (rid, put.mid) in self._staged:
+                # (An id already written is refused by the insert's UNIQUE constraint.)
+                refusal = DuplicateId("message id already in this queue")
+        if refusal is not None:
+            self._settle.append((fut, False, refusal, False))
             return
-        futs = [fut for _, fut in jobs]
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, futs, list(outcomes))
+        if view is None:
+            view = self._views[rid] = _View(last_seq, 0, 0, last_seq)
+        view.last_seq = seq = last_seq + 1
+        view.count += 1
+        view.nbytes += size
+        put.ref = StoredRef(rid, seq, put.now)
+        put.due = time.monotonic() + self._stage_seconds
+        put.cycle = self._cycles
+        self._staged[(rid, put.mid)] = put
+        if put.accepted is not None:
+            accepts.append((put.accepted, put.ref))
+
+    def _unstage(self, key: tuple[bytes, bytes]) -> _Put | None:
+        put = self._staged.pop(key, None)
+        if put is not None:
+            view = self._views[key[0]]
+            view.count -= 1
+            view.nbytes -= len(put.body)
+        return put
+
+    def _ack(self, conn: sqlite3.Connection, ack: _Ack, fut: asyncio.Future[Any]) -> None:
+        put = self._unstage((ack.rid, ack.mid))
+        if put is not None:
+            # Acknowledged before it was written: it never will be. The sender's put is done
+            # (its message was delivered and acknowledged), and so is this ACK.
+            self._settle.append((put.fut, True, put.ref, False))
+            self._settle.append((fut, True, True, False))
+            self._elided += 1
+            return
+        cur = conn.execute(
+            "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ?", (ack.rid, ack.mid)
+        )
+        if cur.rowcount:
+            self._settle.append((fut, True, True, True))
+        elif not _exists(conn, ack.rid):
+            self._settle.append((fut, False, NoQueue("no such queue"), False))
+        else:
+            self._settle.append((fut, True, False, True))
+
+    def _drop_staged_queue(self, rid: bytes) -> None:
+        """The queue is being deleted: its staged messages go with it (their puts succeeded,
+        as if written and then deleted with the queue)."""
+        for key in [k for k in self._staged if k[0] == rid]:
+            put = self._unstage(key)
+            if put is not None:
+                self._settle.append((put.fut, True, put.ref, True))
+        self._views.pop(rid, None)
+
+    def _flush(self, conn: sqlite3.Connection, flush_all: bool, drained: bool) -> None:
+        """Write the staged puts that are due (all of them when stopping), oldest first.
+
+        Due means: held for ``stage_seconds``, staged in an earlier cycle (however long this
+        one took, the recipient cannot have acknowledged a message before it was offered for
+        delivery), and every job queued before this cycle began has been taken (``drained``:
+        an ACK for it may still be waiting in the queue otherwise). When the writer is behind,
+        staged messages therefore wait, more of them are acknowledged first, and the writer
+        catches up; :data:`_STAGE_MAX` and :data:`_STAGE_MAX_AGE` bound the wait."""
+        now = time.monotonic()
+        staged = self._staged
+        cycle = self._cycles
+        while staged:
+            rid, mid = key = next(iter(staged))
+            put = staged[key]
+            if not (
+                flush_all
+                or len(staged) > _STAGE_MAX
+                or put.due + _STAGE_MAX_AGE <= now
+                or (drained and put.due <= now and put.cycle != cycle)
+            ):
+                return
+            self._unstage(key)
+            ref = put.ref
+            assert ref is not None  # noqa: S101 -- set when staged
+            try:
+                conn.execute(
+                    "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (rid, ref.seq, mid, put.now, put.body),
+                )
+            except sqlite3.IntegrityError as exc:
+                # The queue went (deleted or expired after the put was staged), or an id
+                # collided: this put fails; nothing was written.
+                err: StoreError = (
+                    DuplicateId("message id already in this queue")
+                    if "msg_id" in str(exc)
+                    else NoQueue("no such queue")
+                )
+                self._settle.append((put.fut, False, err, True))
+                continue
+            self._views[rid].written_seq = ref.seq
+            self._written += 1
+            self._settle.append((put.fut, True, ref, True))
+
+    def _sync_views(self, conn: sqlite3.Connection, flush_all: bool) -> list[bytes]:
+        """Write back the views of queues with nothing staged, when there are too many of
+        them or the store is closing: ``queues.last_seq`` must cover every seq handed out,
+        because a message acknowledged while staged is never inserted. Returns those queues;
+        their views are dropped after the commit.
+
+        Until then the view is the authority for the queue's last seq, so an idle view costs
+        no write per message. A crash loses the views, and seqs of messages acknowledged
+        while staged may then be handed out again: harmless, because a seq orders one
+        queue's messages for the connections of one relay process, and a crash ends them
+        all (no row and no subscription holds such a seq)."""
+        if not flush_all and len(self._views) <= _VIEW_MAX:
+            return []
+        done = [rid for rid, view in self._views.items() if view.count == 0]
+        for rid in done:
+            view = self._views[rid]
+            if view.written_seq != view.last_seq:
+                conn.execute(
+                    "UPDATE queues SET last_seq = ? WHERE recipient_id = ? AND last_seq < ?",
+                    (view.last_seq, rid, view.last_seq),
+                )
+                view.written_seq = view.last_seq
+        return done
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._submit(op)
@@ -445,6 +756,7 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("DELETE FROM queues WHERE recipient_id = ?", (rid,)).rowcount == 0:
                 raise NoQueue("no such queue")
+            self._drop_staged_queue(rid)
 
         await self._write(op)
 
@@ -458,40 +770,18 @@ class SQLiteStore:
         now: int,
         limits: Limits,
         sender_key: bytes | None = None,
+        *,
+        accepted: AcceptFn | None = None,
     ) -> asyncio.Future[StoredRef]:
         sid = check_id("sender_id", sender_id)
         mid = check_id("msg_id", msg_id)
         data = check_body(body)
-        size = len(data)
-        max_messages, max_bytes = limits.max_messages, limits.max_bytes
-
-        def op(conn: sqlite3.Connection) -> StoredRef:
-            row = conn.execute(
-                "SELECT recipient_id, sender_key, last_seq, msg_count, msg_bytes"
-                " FROM queues WHERE sender_id = ?",
-                (sid,),
-            ).fetchone()
-            if row is None:
-                raise NoQueue("no such queue")
-            rid, skey, last_seq, count, nbytes = row
-            if skey is not None and sender_key != bytes(skey):
-                raise NotAuthorized("queue is secured")
-            if count + 1 > max_messages or nbytes + size > max_bytes:
-                raise QuotaExceeded("queue is full")
-            seq = last_seq + 1
-            try:
-                conn.execute(
-                    "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (rid, seq, mid, now, data),
-                )
-            except sqlite3.IntegrityError as exc:
-                if "msg_id" in str(exc):
-                    raise DuplicateId("message id already in this queue") from None
-                raise
-            return StoredRef(bytes(rid), seq, now)
-
-        fut: asyncio.Future[StoredRef] = self._submit(op)
+        if not self._running or self._loop is None:
+            raise StoreUnavailable("store is not running")
+        fut: asyncio.Future[StoredRef] = self._loop.create_future()
+        put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes, sender_key,
+                   accepted, fut)
+        self._ops.put((put, fut))
         fut.add_done_callback(self._put_done)
         return fut
 
@@ -536,18 +826,10 @@ class SQLiteStore:
     def ack(self, recipient_id: bytes, msg_id: bytes) -> asyncio.Future[bool]:
         rid = check_id("recipient_id", recipient_id)
         mid = check_id("msg_id", msg_id)
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ?", (rid, mid)
-            )
-            if cur.rowcount:
-                return True
-            if not _exists(conn, rid):
-                raise NoQueue("no such queue")
-            return False
-
-        fut: asyncio.Future[bool] = self._submit(op)
+        if not self._running or self._loop is None:
+            raise StoreUnavailable("store is not running")
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._ops.put((_Ack(rid, mid), fut))
         return fut
 
     async def expire(self, now: int, limits: Limits) -> int:
@@ -625,14 +907,22 @@ class SQLiteStore:
         return await self._read(op)
 
 
-def _resolve(futs: list[asyncio.Future[Any]], outcomes: list[_Outcome]) -> None:
-    for fut, (ok, value) in zip(futs, outcomes, strict=True):
+def _settle_all(settle: list[_Settle]) -> None:
+    for fut, ok, value, _ in settle:
         if fut.done():  # the caller was cancelled; the op still ran (or not) as committed
             continue
         if ok:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _accept_all(accepts: list[tuple[AcceptFn, StoredRef]]) -> None:
+    for accepted, ref in accepts:
+        try:
+            accepted(ref)
+        except Exception:
+            log.exception("accept callback failed")
 
 
 def _exists(conn: sqlite3.Connection, rid: bytes) -> bool:
