@@ -104,6 +104,9 @@ _STAMP: Final = 9
 _MEASURED: Final = b"\x01"
 _WARMUP: Final = b"\x00"
 
+
+#: ``--stage-ms`` for the SQLite relays this run starts (None: their default).
+STAGE_MS: float | None = None
 _READY_RELAY: Final = b"kith relay ready on"
 _READY_BARE: Final = b"bare forwarder ready on"
 _CALL_TIMEOUT: Final = 30.0
@@ -748,6 +751,8 @@ class Server:
         if target.store == "sqlite":
             db = tempfile.mkdtemp(prefix="sqlite-", dir=procs.workdir)
             args += ["--db", str(Path(db) / "relay.db")]
+            if STAGE_MS is not None:
+                args += ["--stage-ms", str(STAGE_MS)]
         elif target.store == "redis":
             args += ["--redis-url", self._start_redis()]
         self.proc, self.port = procs.start(args, _READY_RELAY)
@@ -1059,6 +1064,8 @@ def _options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
         help="max messages sent but not yet delivered (default 4 x subscribers)",
     )
     ap.add_argument("--block-size", type=int, default=p.DEFAULT_BLOCK_SIZE)
+    ap.add_argument("--stage-ms", type=float, default=None,
+                    help="SQLite relay's stage_ms (default: the relay's own default)")
     ap.add_argument(
         "--small-block",
         type=int,
@@ -1074,6 +1081,8 @@ def _options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
     a = ap.parse_args(argv)
+    global STAGE_MS  # noqa: PLW0603 -- one setting for every SQLite server this run starts
+    STAGE_MS = a.stage_ms
     if a.quick:
         a.subscribers, a.senders, a.idle = min(a.subscribers, 200), min(a.senders, 20), 2000
         a.repeats, a.warmup, a.window, a.latency_window = 3, 1.0, 2.0, 2.0

@@ -136,8 +136,7 @@ class _EarlyPush:
         self.pushed = False
 
     def __call__(self, ref: StoredRef) -> None:
-        self.pushed = True
-        self.relay.stored(ref, self.effect.body, self.effect.msg_id)
+        self.pushed = self.relay.stored(ref, self.effect.body, self.effect.msg_id)
 
 
 class _Connection(WSListener):
@@ -491,10 +490,15 @@ class RelayServer:
         if conn is not None:
             conn.run(conn.core.notify(recipient_id, time.time(), seq))
 
-    def stored(self, ref: StoredRef, body: bytes, msg_id: bytes) -> None:
+    def stored(self, ref: StoredRef, body: bytes, msg_id: bytes) -> bool:
+        """A message was stored (or staged): push it to its subscriber here if the core says
+        it may go directly. True if it was pushed."""
         conn = self._subscribers.get(ref.recipient_id)
-        if conn is not None:
-            conn.run(conn.core.deliver_stored(ref, body, msg_id, time.time()))
+        if conn is None:
+            return False
+        outputs = conn.core.deliver_stored(ref, body, msg_id, time.time())
+        conn.run(outputs)
+        return any(isinstance(out, core.Reply) for out in outputs)
 
     def store_unavailable(self) -> None:
         self.counters.add("store_unavailable")

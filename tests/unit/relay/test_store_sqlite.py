@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import os
 import signal
@@ -824,5 +825,105 @@ async def test_a_staged_message_is_hinted_once_written(tmp_path: Path) -> None:
         await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS)
         await hints.wait_for(rec.recipient_id)
         assert [m.seq for m in await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)] == [1]
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------- failing disk
+
+
+async def disk_full(store: SQLiteStore, full: bool) -> None:
+    """Cap the database at its current size (SQLite then fails writes that need a new page
+    with SQLITE_FULL, as on a full disk), or lift the cap."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages if full else 2**30}")
+
+    await store._write(op)
+
+
+def hold_writer(store: SQLiteStore, seconds: float) -> asyncio.Future[None]:
+    """Keep the writer busy, so that the jobs queued meanwhile share its next cycle."""
+    return store._submit(lambda conn: time.sleep(seconds))
+
+
+async def test_a_failing_transaction_answers_every_job_in_it(tmp_path: Path) -> None:
+    """SQLITE_FULL in the middle of a cycle: every SEND, ACK and command queued with it gets
+    StoreUnavailable (never silence, never a false OK), and the store recovers."""
+    store = await staging(tmp_path / "relay.db", 0.05)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        first = mid()
+        await store.put_message(rec.sender_id, first, b"x", NOW, LIMITS)
+        await disk_full(store, True)
+        held = hold_writer(store, 0.3)
+        big = QueueRecord(os.urandom(16), os.urandom(16), os.urandom(200_000))
+        new = asyncio.ensure_future(store.create_queue(big, NOW))  # needs pages: fails
+        await asyncio.sleep(0)
+        send = store.put_message(rec.sender_id, mid(), b"after", NOW, LIMITS)
+        ack = store.ack(rec.recipient_id, first)
+        await held
+        for fut in (new, send, ack):
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(fut, 5)
+        # A staged message whose own insert fails is answered too.
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(
+                store.put_message(rec.sender_id, mid(), os.urandom(100_000), NOW, BIG), 5
+            )
+        await disk_full(store, False)
+        assert await store.ack(rec.recipient_id, first) is True
+        ref = await store.put_message(rec.sender_id, mid(), b"later", NOW, LIMITS)
+        assert ref.seq == 3  # seq 2 went to the put whose insert failed: never handed out twice
+    finally:
+        await store.close()
+
+
+async def test_a_queue_deletion_rolled_back_keeps_the_queues_seqs(tmp_path: Path) -> None:
+    """A DEL that fails with its transaction leaves the queue, and the seqs already handed
+    out stay handed out: the next message must not reuse one (a subscriber that was pushed
+    that seq would skip the new message)."""
+    store = await staging(tmp_path / "relay.db", 0.05)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        seqs: list[int] = []
+        await store.put_message(rec.sender_id, mid(), b"a1", NOW, LIMITS)
+        seqs.append(1)
+        await disk_full(store, True)
+        staged = store.put_message(
+            rec.sender_id, mid(), b"a2", NOW, LIMITS, accepted=lambda r: seqs.append(r.seq)
+        )
+        held = hold_writer(store, 0.3)
+        await asyncio.sleep(0.05)
+        delete = asyncio.ensure_future(store.delete_queue(rec.recipient_id))
+        big = QueueRecord(os.urandom(16), os.urandom(16), os.urandom(200_000))
+        new = asyncio.ensure_future(store.create_queue(big, NOW))
+        await held
+        for fut in (delete, new):
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(fut, 5)
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.wait_for(staged, 5)
+        assert seqs == [1, 2]  # seq 2 was handed out (and pushed) before the failure
+        await disk_full(store, False)
+        assert await store.queue_by_recipient(rec.recipient_id) is not None
+        ref = await store.put_message(rec.sender_id, mid(), b"a3", NOW, LIMITS)
+        assert ref.seq == 3
+    finally:
+        await store.close()
+
+
+async def test_a_put_sqlite_cannot_store_fails_alone(tmp_path: Path) -> None:
+    """A value SQLite cannot bind fails that put only; the writer lives on."""
+    store = await staging(tmp_path / "relay.db", 0.02)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        with pytest.raises(OverflowError):
+            await asyncio.wait_for(store.put_message(rec.sender_id, mid(), b"x", 2**70, LIMITS), 5)
+        assert (await store.put_message(rec.sender_id, mid(), b"y", NOW, LIMITS)).seq == 2
     finally:
         await store.close()

@@ -251,7 +251,10 @@ class SQLiteStore:
         self._staged: OrderedDict[tuple[bytes, bytes], _Put] = OrderedDict()
         self._views: dict[bytes, _View] = {}
         self._settle: list[_Settle] = []
+        self._gone: list[bytes] = []  # queues deleted in this cycle: views dropped on commit
         self._cycles = 0
+        self._backoff = 0.0
+        self._dead = False  # the writer thread has died
         # Aggregate counts (for benchmarks and debugging; not yet exported as metrics):
         # staged messages acknowledged before being written (never written), and written.
         self._elided = 0
@@ -405,8 +408,14 @@ class SQLiteStore:
         if not self._running or self._loop is None:
             raise StoreUnavailable("store is not running")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._ops.put((op, fut))
+        self._enqueue(op, fut)
         return fut
+
+    def _enqueue(self, job: object, fut: asyncio.Future[Any]) -> None:
+        self._ops.put((job, fut))
+        if self._dead and not fut.done():
+            # The writer died after it drained the queue: nobody will take this job.
+            fut.set_exception(StoreUnavailable("store writer stopped"))
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
         jobs: list[tuple[object, asyncio.Future[Any]]] = []
@@ -443,6 +452,7 @@ class SQLiteStore:
         except BaseException as exc:
             # The writer itself broke: fail everything that is waiting on it, and refuse more.
             self._running = False
+            self._dead = True
             while True:
                 try:
                     item = self._ops.get_nowait()
@@ -452,6 +462,7 @@ class SQLiteStore:
                     jobs.append(item)  # type: ignore[arg-type]
             err = _unavailable(exc)
             waiting = [fut for _, fut in jobs] + [put.fut for put in self._staged.values()]
+            waiting += [fut for fut, *_ in self._settle]
             self._staged.clear()
             self._post(_settle_all, [(fut, False, err, True) for fut in waiting])
             raise
@@ -466,8 +477,10 @@ class SQLiteStore:
             return
         settle: list[_Settle] = []
         self._settle = settle
+        self._gone = []
         self._cycles += 1
         accepts: list[tuple[AcceptFn, StoredRef]] = []
+        done = 0  # jobs fully handled (each one settled or staged)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, fut in jobs:
@@ -480,26 +493,39 @@ class SQLiteStore:
                     self._ack(conn, op, fut)
                 else:
                     self._run_op(conn, op, fut)  # type: ignore[arg-type]
+                done += 1
             if accepts:
                 # Staged messages may be pushed to their subscribers now, before the commit.
                 self._post(_accept_all, accepts)
+                accepts = []
             self._flush(conn, flush_all, drained)
             synced = self._sync_views(conn, flush_all)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 -- SQLite failed (or a bug): fail the cycle, not the writer
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             err = _unavailable(exc)
-            settle = [(f, False, err, True) if durable else (f, ok, v, durable)
-                      for f, ok, v, durable in settle]
+            # Everything that needed this transaction fails; so does every job not yet handled.
+            # Puts staged earlier in the cycle stay staged: nothing of them was written.
+            settle[:] = [
+                (f, False, err, True) if durable else (f, ok, v, durable)
+                for f, ok, v, durable in settle
+            ]
+            settle.extend((fut, False, err, True) for _, fut in jobs[done:])
+            if accepts:
+                self._post(_accept_all, accepts)
             for view in self._views.values():
                 view.written_seq = -1  # unknown after a rollback: written again next time
+            self._backoff = min(1.0, max(0.05, self._backoff * 2))
         else:
-            for rid in synced:
+            for rid in synced + self._gone:
                 self._views.pop(rid, None)
+            self._backoff = 0.0
         if settle:
             self._post(_settle_all, settle)
+        if self._backoff:
+            time.sleep(self._backoff)  # the database is failing: do not spin on it
 
     def _due(self, flush_all: bool) -> bool:
         if not self._staged:
@@ -614,7 +640,7 @@ class SQLiteStore:
             put = self._unstage(key)
             if put is not None:
                 self._settle.append((put.fut, True, put.ref, True))
-        self._views.pop(rid, None)
+        self._gone.append(rid)  # the view goes after the commit: a rollback keeps the queue
 
     def _flush(self, conn: sqlite3.Connection, flush_all: bool, drained: bool) -> None:
         """Write the staged puts that are due (all of them when stopping), oldest first.
@@ -655,7 +681,14 @@ class SQLiteStore:
                     if "msg_id" in str(exc)
                     else NoQueue("no such queue")
                 )
-                self._settle.append((put.fut, False, err, True))
+                self._settle.append((put.fut, False, err, False))
+                continue
+            except sqlite3.Error as exc:
+                # The database is failing (disk full, I/O): this put fails with the cycle.
+                self._settle.append((put.fut, False, _unavailable(exc), True))
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a value SQLite cannot bind: this put only
+                self._settle.append((put.fut, False, exc, False))
                 continue
             self._views[rid].written_seq = ref.seq
             self._written += 1
@@ -781,7 +814,7 @@ class SQLiteStore:
         fut: asyncio.Future[StoredRef] = self._loop.create_future()
         put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes, sender_key,
                    accepted, fut)
-        self._ops.put((put, fut))
+        self._enqueue(put, fut)
         fut.add_done_callback(self._put_done)
         return fut
 
@@ -829,7 +862,7 @@ class SQLiteStore:
         if not self._running or self._loop is None:
             raise StoreUnavailable("store is not running")
         fut: asyncio.Future[bool] = self._loop.create_future()
-        self._ops.put((_Ack(rid, mid), fut))
+        self._enqueue(_Ack(rid, mid), fut)
         return fut
 
     async def expire(self, now: int, limits: Limits) -> int:
