@@ -18,6 +18,7 @@ from kith.relay.core import RelayConfig
 from kith.relay.server import RelayServer, ServerConfig
 from kith.relay.store.base import Limits
 from kith.relay.store.memory import MemoryStore
+from kith.relay.store.sqlite import SQLiteStore
 
 BLOCK = 512
 
@@ -319,3 +320,29 @@ async def test_a_client_close_is_answered_and_releases_its_subscription(
         await asyncio.sleep(0.02)
     assert "kith_relay_subscriptions 0" in await relay.render_metrics()
     assert "kith_relay_connections_open 0" in await relay.render_metrics()
+
+
+async def test_metrics_count_messages_never_written(tmp_path: Any) -> None:
+    """With SQLite, a message acknowledged while staged is counted as never written; one left
+    waiting is counted as written."""
+    store = SQLiteStore(tmp_path / "relay.db", stage_seconds=0.5)
+    server = RelayServer(store, ServerConfig(port=0, metrics_port=0,
+                                             relay=RelayConfig(block_size=BLOCK)))
+    await server.start()
+    try:
+        async with await RelayClient.connect(url(server)) as alice:
+            key, rid, sid = await queue(alice)
+            await alice.subscribe(rid, key)
+            await asyncio.sleep(0.2)  # the subscription's first read is over
+            # Pushed at once, before it is written; its OK waits for the write or the ACK.
+            sending = asyncio.ensure_future(alice.send(sid, block(1)))
+            got = await alice.next_message(timeout=5)
+            await alice.ack(rid, got.msg_id)
+            await asyncio.wait_for(sending, 0.4)  # answered by the ACK, not after 0.5 s
+            _key2, _rid2, other_sid = await queue(alice)
+            await alice.send(other_sid, block(2))  # nobody subscribed: written when due
+        metrics = await server.render_metrics()
+        assert "kith_relay_store_staged_never_written_total 1" in metrics
+        assert "kith_relay_store_staged_written_total 1" in metrics
+    finally:
+        await server.stop()

@@ -171,7 +171,7 @@ class _Connection(WSListener):
             transport.disconnect()
             return
         relay._connections.add(self)
-        relay.counters.add("connections_total")
+        relay.counters.add("connections")
         self.write(self.core.hello())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -543,8 +543,10 @@ class RelayServer:
             gauges["store_up"] = 0
         else:
             gauges["store_up"] = 1
+        counters = dict(self.counters.values)
+        counters.update({f"store_{k}": v for k, v in self.store.counters().items()})
         lines = []
-        for name, value in sorted(self.counters.values.items()):
+        for name, value in sorted(counters.items()):
             lines += [f"# TYPE kith_relay_{name}_total counter", f"kith_relay_{name}_total {value}"]
         for name, value in sorted(gauges.items()):
             lines += [f"# TYPE kith_relay_{name} gauge", f"kith_relay_{name} {value}"]

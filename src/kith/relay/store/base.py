@@ -226,3 +226,7 @@ class Store(Protocol):
 
     async def stats(self) -> dict[str, int]:
         """Aggregate counts only (queues, messages, bytes) for metrics."""
+
+    def counters(self) -> dict[str, int]:
+        """Aggregate event counts since start, for metrics (exported as counters). May be
+        empty; never per queue."""

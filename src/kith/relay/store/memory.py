@@ -253,6 +253,9 @@ class MemoryStore:
         self._live()
         self._watchers.remove(check_id("recipient_id", recipient_id))
 
+    def counters(self) -> dict[str, int]:
+        return {}
+
     async def stats(self) -> dict[str, int]:
         self._live()
         qs = self._by_recipient.values()

@@ -799,6 +799,9 @@ class RedisStore:
             if int(seen) < _IDLE_BATCH:
                 return total
 
+    def counters(self) -> dict[str, int]:
+        return {}
+
     async def stats(self) -> dict[str, int]:
         values = await self._call(
             lambda: self._client.hmget(self._stats_key, ["queues", "messages", "bytes"])

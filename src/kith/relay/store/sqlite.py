@@ -255,8 +255,7 @@ class SQLiteStore:
         self._cycles = 0
         self._backoff = 0.0
         self._dead = False  # the writer thread has died
-        # Aggregate counts (for benchmarks and debugging; not yet exported as metrics):
-        # staged messages acknowledged before being written (never written), and written.
+        # Aggregate counts for metrics (counters()).
         self._elided = 0
         self._written = 0
         self._watchers = Watchers()
@@ -928,6 +927,10 @@ class SQLiteStore:
         if not self._running:
             raise StoreUnavailable("store is not running")
         self._watchers.remove(check_id("recipient_id", recipient_id))
+
+    def counters(self) -> dict[str, int]:
+        """Staged messages acknowledged before they were due (never written), and written."""
+        return {"staged_never_written": self._elided, "staged_written": self._written}
 
     async def stats(self) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
