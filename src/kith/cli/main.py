@@ -225,6 +225,8 @@ def _relay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--block-size", dest="block_size", type=int)
     serve.add_argument("--ttl-days", dest="ttl_days", type=float)
     serve.add_argument("--quota-messages", dest="quota_messages", type=int)
+    serve.add_argument("--max-store-mb", dest="max_store_mb", type=float,
+                       help="cap on the messages held, all queues together (default 0: none)")
     serve.add_argument("--queue-ttl-days", dest="queue_ttl_days", type=float,
                        help="delete queues unused this many days (default 90)")
 

@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         ttl_days=args.ttl_days,
         quota_messages=args.quota_messages,
+        max_store_mb=args.max_store_mb,
         queue_ttl_days=args.queue_ttl_days,
     )
     server_config = settings.server_config()

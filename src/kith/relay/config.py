@@ -16,6 +16,7 @@ Example (every key optional; these are the defaults)::
     window = 64
     quota_messages = 1000
     quota_bytes = 16777216
+    max_store_mb = 0            # all queues together; 0 = no cap (docs/operations.md)
     ttl_days = 21
     queue_ttl_days = 90         # a queue unused this long is deleted (docs/operations.md)
     rate_per_second = 20000
@@ -57,6 +58,7 @@ class RelaySettings:
     window: int = _RELAY.window
     quota_messages: int = _LIMITS.max_messages
     quota_bytes: int = _LIMITS.max_bytes
+    max_store_mb: float = 0.0
     ttl_days: float = _LIMITS.ttl_seconds / 86400
     queue_ttl_days: float = _LIMITS.queue_ttl_seconds / 86400
     rate_per_second: float = _RELAY.rate_per_second
@@ -77,6 +79,10 @@ class RelaySettings:
             raise ConfigError(
                 "quota_messages, quota_bytes (>= block_size) and ttl_days must be positive"
             )
+        if not 0 <= self.max_store_mb < 2**40:
+            raise ConfigError("max_store_mb must be 0 (no cap) or a positive number of MiB")
+        if 0 < self.max_store_mb * 2**20 < self.block_size:
+            raise ConfigError("max_store_mb must hold at least one message")
         if not 0 <= self.stage_ms <= 1000:
             raise ConfigError("stage_ms must be between 0 and 1000")
         if not self.queue_ttl_days >= self.ttl_days:
@@ -92,6 +98,7 @@ class RelaySettings:
                     max_bytes=self.quota_bytes,
                     ttl_seconds=int(self.ttl_days * 86400),
                     queue_ttl_seconds=int(self.queue_ttl_days * 86400),
+                    max_store_bytes=int(self.max_store_mb * 2**20),
                 ),
                 rate_per_second=self.rate_per_second,
                 rate_burst=self.rate_burst,

@@ -50,3 +50,18 @@ def test_an_absurd_stage_ms_is_refused(tmp_path: Path, value: str) -> None:
     f.write_text(f"stage_ms = {value}\n", encoding="utf-8")
     with pytest.raises(ConfigError):
         load(f).server_config()
+
+
+def test_max_store_mb_becomes_the_store_wide_cap(tmp_path: Path) -> None:
+    f = tmp_path / "relay.toml"
+    f.write_text("max_store_mb = 512\n", encoding="utf-8")
+    assert load(f).server_config().relay.limits.max_store_bytes == 512 * 2**20
+    assert RelaySettings().server_config().relay.limits.max_store_bytes == 0  # no cap
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "0.001", '"1"'])
+def test_an_absurd_max_store_mb_is_refused(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "relay.toml"
+    f.write_text(f"max_store_mb = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load(f).server_config()

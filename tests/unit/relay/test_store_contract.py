@@ -293,6 +293,34 @@ async def test_concurrent_puts_never_exceed_the_quota(store: Store) -> None:
     assert len(await store.pending(rec.recipient_id, 0, 100, NOW, limits)) == 20
 
 
+async def test_the_store_wide_cap_counts_every_queue_and_frees_on_ack(store: Store) -> None:
+    """Past max_store_bytes (all queues together) a put is refused, whichever queue it is
+    for; an ACK, a queue deletion and expiry each free room again."""
+    a, b, c = new_record(), new_record(), new_record()
+    for rec in (a, b, c):
+        await store.create_queue(rec, NOW)
+    cap = Limits(max_store_bytes=30)
+    first = mid()
+    await store.put_message(a.sender_id, first, b"x" * 10, NOW, cap)
+    await store.put_message(b.sender_id, mid(), b"y" * 10, NOW, cap)
+    await store.put_message(c.sender_id, mid(), b"z" * 10, NOW - 10**6, cap)  # expires first
+    for rec in (a, b, c):
+        with pytest.raises(QuotaExceeded):
+            await store.put_message(rec.sender_id, mid(), b"w", NOW, cap)
+    assert await store.ack(a.recipient_id, first)
+    await store.put_message(a.sender_id, mid(), b"w" * 10, NOW, cap)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(a.sender_id, mid(), b"w", NOW, cap)
+    await store.delete_queue(b.recipient_id)
+    await store.put_message(a.sender_id, mid(), b"v" * 10, NOW, cap)
+    assert await store.expire(NOW, Limits(ttl_seconds=1000)) == 1
+    await store.put_message(c.sender_id, mid(), b"u" * 10, NOW, cap)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(c.sender_id, mid(), b"u", NOW, cap)
+    # Without a cap nothing is refused for it.
+    await store.put_message(c.sender_id, mid(), b"t" * 10, NOW, Limits())
+
+
 # ---------------------------------------------------------------------------- sender keys
 
 

@@ -927,3 +927,25 @@ async def test_a_put_sqlite_cannot_store_fails_alone(tmp_path: Path) -> None:
         assert (await store.put_message(rec.sender_id, mid(), b"y", NOW, LIMITS)).seq == 2
     finally:
         await store.close()
+
+
+async def test_the_store_wide_cap_counts_staged_messages_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "relay.db"
+    store = await staging(db, 1.0)
+    a, b = new_record(), new_record()
+    await store.create_queue(a, NOW)
+    await store.create_queue(b, NOW)
+    cap = Limits(max_store_bytes=20)
+    puts = [store.put_message(r.sender_id, mid(), b"x" * 10, NOW, cap) for r in (a, b)]
+    with pytest.raises(QuotaExceeded):  # the first two are only staged, and already count
+        await asyncio.wait_for(store.put_message(a.sender_id, mid(), b"y", NOW, cap), 0.5)
+    await store.close()
+    await asyncio.gather(*puts)
+    store = await opened(db)
+    try:
+        with pytest.raises(QuotaExceeded):
+            await store.put_message(b.sender_id, mid(), b"y", NOW, cap)
+    finally:
+        await store.close()

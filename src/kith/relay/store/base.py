@@ -109,7 +109,7 @@ def idle_cutoff(now: int, limits: Limits) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-queue quota and expiry, in force when a message is stored.
+    """Per-queue quota and expiry (and the store-wide cap), in force when a message is stored.
 
     ``queue_ttl_seconds`` is how long a queue may go unused before the sweep deletes it (90
     days by default: four times the message expiry, so a device that is off for weeks, or
@@ -121,6 +121,10 @@ class Limits:
     max_bytes: int = 16 * 1024 * 1024
     ttl_seconds: int = 21 * 24 * 3600
     queue_ttl_seconds: int = 90 * 24 * 3600
+    #: Bytes of messages the whole store may hold, across every queue (0: no cap). A put past
+    #: it is refused with QuotaExceeded, while ACKs and expiry go on freeing room, so filling
+    #: the disk cannot also stop the relay from deleting.
+    max_store_bytes: int = 0
 
 
 #: Called with a recipient id when a message for it may be pending (possibly from another

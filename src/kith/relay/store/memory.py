@@ -64,6 +64,7 @@ class MemoryStore:
         self._by_recipient: dict[bytes, _Queue] = {}
         self._by_sender: dict[bytes, _Queue] = {}
         self._watchers = Watchers()
+        self._total = 0  # bytes of messages held, across every queue
         self._notify: NotifyFn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -128,6 +129,7 @@ class MemoryStore:
         self._drop(q)
 
     def _drop(self, q: _Queue) -> None:
+        self._total -= q.nbytes
         del self._by_recipient[q.record.recipient_id]
         del self._by_sender[q.record.sender_id]
         q.messages.clear()
@@ -168,11 +170,14 @@ class MemoryStore:
             raise NotAuthorized("queue is secured")
         if len(q.messages) + 1 > limits.max_messages or q.nbytes + len(body) > limits.max_bytes:
             raise QuotaExceeded("queue is full")
+        if limits.max_store_bytes and self._total + len(body) > limits.max_store_bytes:
+            raise QuotaExceeded("relay store is full")
         if msg_id in q.messages:
             raise DuplicateId("message id already in this queue")
         q.last_used = max(q.last_used, use_mark(now))
         q.last_seq += 1
         q.nbytes += len(body)
+        self._total += len(body)
         q.messages[msg_id] = StoredMessage(q.last_seq, msg_id, now, body)
         rid = q.record.recipient_id
         if rid in self._watchers:
@@ -211,6 +216,7 @@ class MemoryStore:
         if m is None:
             return False
         q.nbytes -= len(m.body)
+        self._total -= len(m.body)
         return True
 
     async def expire(self, now: int, limits: Limits) -> int:
@@ -222,6 +228,7 @@ class MemoryStore:
             for m in old:
                 del q.messages[m.msg_id]
                 q.nbytes -= len(m.body)
+                self._total -= len(m.body)
             n += len(old)
         return n
 

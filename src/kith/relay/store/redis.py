@@ -203,7 +203,8 @@ return 1
 # Results: {0} no queue, {1} not authorised, {2} quota, {3} duplicate, {4, rid, seq} stored.
 _PUT: Final = """#!lua
 -- KEYS: s, x, st, u
--- ARGV: prefix, msg_id, now, body, max_messages, max_bytes, sender_key, has_key, token, mark
+-- ARGV: prefix, msg_id, now, body, max_messages, max_bytes, sender_key, has_key, token, mark,
+--       max_store_bytes (0: no cap)
 local rid = redis.call('GET', KEYS[1])
 if not rid then return {0} end
 local q = ARGV[1] .. 'q:' .. rid
@@ -212,6 +213,10 @@ if not v[2] then return {0} end
 if v[1] and (ARGV[8] ~= '1' or v[1] ~= ARGV[7]) then return {1} end
 local size = string.len(ARGV[4])
 if tonumber(v[2]) + 1 > tonumber(ARGV[5]) or tonumber(v[3]) + size > tonumber(ARGV[6]) then
+  return {2}
+end
+local cap = tonumber(ARGV[11])
+if cap > 0 and tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0') + size > cap then
   return {2}
 end
 local m = ARGV[1] .. 'm:' .. rid
@@ -714,6 +719,7 @@ class RedisStore:
             "0" if sender_key is None else "1",
             self._token,
             use_mark(now),
+            limits.max_store_bytes,
         ]
         result = await self._write(_PUT, keys, args)
         code = result[0]

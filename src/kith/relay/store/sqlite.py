@@ -189,6 +189,7 @@ class _Put:
     now: int
     max_messages: int
     max_bytes: int
+    max_store_bytes: int
     sender_key: bytes | None
     accepted: AcceptFn | None
     fut: asyncio.Future[StoredRef]
@@ -254,6 +255,10 @@ class SQLiteStore:
         self._gone: list[bytes] = []  # queues deleted in this cycle: views dropped on commit
         self._cycles = 0
         self._backoff = 0.0
+        # Bytes of messages held, for the store-wide cap: the committed total (None: unknown,
+        # counted again from the queues table when next needed) and the staged total.
+        self._total: int | None = None
+        self._staged_bytes = 0
         self._dead = False  # the writer thread has died
         # Aggregate counts for metrics (counters()).
         self._elided = 0
@@ -516,6 +521,7 @@ class SQLiteStore:
                 self._post(_accept_all, accepts)
             for view in self._views.values():
                 view.written_seq = -1  # unknown after a rollback: written again next time
+            self._total = None
             self._backoff = min(1.0, max(0.05, self._backoff * 2))
         else:
             for rid in synced + self._gone:
@@ -552,6 +558,7 @@ class SQLiteStore:
         except Exception as exc:  # noqa: BLE001 -- a bug in one op must not sink the others
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
+            self._total = None  # the op may have counted a change it then undid
             self._settle.append((fut, False, exc, False))
         else:
             conn.execute("RELEASE op")
@@ -587,6 +594,10 @@ class SQLiteStore:
                 refusal = NotAuthorized("queue is secured")
             elif count + 1 > put.max_messages or nbytes + size > put.max_bytes:
                 refusal = QuotaExceeded("queue is full")
+            elif put.max_store_bytes and (
+                self._committed_bytes(conn) + self._staged_bytes + size > put.max_store_bytes
+            ):
+                refusal = QuotaExceeded("relay store is full")
             elif (rid, put.mid) in self._staged:
                 # (An id already written is refused by the insert's UNIQUE constraint.)
                 refusal = DuplicateId("message id already in this queue")
@@ -598,6 +609,7 @@ class SQLiteStore:
         view.last_seq = seq = last_seq + 1
         view.count += 1
         view.nbytes += size
+        self._staged_bytes += size
         put.ref = StoredRef(rid, seq, put.now)
         put.due = time.monotonic() + self._stage_seconds
         put.cycle = self._cycles
@@ -611,7 +623,19 @@ class SQLiteStore:
             view = self._views[key[0]]
             view.count -= 1
             view.nbytes -= len(put.body)
+            self._staged_bytes -= len(put.body)
         return put
+
+    def _committed_bytes(self, conn: sqlite3.Connection) -> int:
+        if self._total is None:
+            self._total = int(
+                conn.execute("SELECT coalesce(sum(msg_bytes), 0) FROM queues").fetchone()[0]
+            )
+        return self._total
+
+    def _count_bytes(self, delta: int) -> None:
+        if self._total is not None:
+            self._total += delta
 
     def _ack(self, conn: sqlite3.Connection, ack: _Ack, fut: asyncio.Future[Any]) -> None:
         put = self._unstage((ack.rid, ack.mid))
@@ -622,10 +646,12 @@ class SQLiteStore:
             self._settle.append((fut, True, True, False))
             self._elided += 1
             return
-        cur = conn.execute(
-            "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ?", (ack.rid, ack.mid)
-        )
-        if cur.rowcount:
+        row = conn.execute(
+            "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ? RETURNING length(body)",
+            (ack.rid, ack.mid),
+        ).fetchone()
+        if row is not None:
+            self._count_bytes(-row[0])
             self._settle.append((fut, True, True, True))
         elif not _exists(conn, ack.rid):
             self._settle.append((fut, False, NoQueue("no such queue"), False))
@@ -691,6 +717,7 @@ class SQLiteStore:
                 continue
             self._views[rid].written_seq = ref.seq
             self._written += 1
+            self._count_bytes(len(put.body))
             self._settle.append((put.fut, True, ref, True))
 
     def _sync_views(self, conn: sqlite3.Connection, flush_all: bool) -> list[bytes]:
@@ -786,8 +813,12 @@ class SQLiteStore:
         rid = check_id("recipient_id", recipient_id)
 
         def op(conn: sqlite3.Connection) -> None:
-            if conn.execute("DELETE FROM queues WHERE recipient_id = ?", (rid,)).rowcount == 0:
+            row = conn.execute(
+                "DELETE FROM queues WHERE recipient_id = ? RETURNING msg_bytes", (rid,)
+            ).fetchone()
+            if row is None:
                 raise NoQueue("no such queue")
+            self._count_bytes(-row[0])
             self._drop_staged_queue(rid)
 
         await self._write(op)
@@ -811,8 +842,8 @@ class SQLiteStore:
         if not self._running or self._loop is None:
             raise StoreUnavailable("store is not running")
         fut: asyncio.Future[StoredRef] = self._loop.create_future()
-        put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes, sender_key,
-                   accepted, fut)
+        put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes,
+                   limits.max_store_bytes, sender_key, accepted, fut)
         self._enqueue(put, fut)
         fut.add_done_callback(self._put_done)
         return fut
@@ -869,11 +900,14 @@ class SQLiteStore:
         cutoff = expiry_cutoff(now, limits)
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+            sizes = conn.execute(
                 "DELETE FROM messages WHERE (recipient_id, seq) IN"
-                " (SELECT recipient_id, seq FROM messages WHERE received_at < ? LIMIT ?)",
+                " (SELECT recipient_id, seq FROM messages WHERE received_at < ? LIMIT ?)"
+                " RETURNING length(body)",
                 (cutoff, _EXPIRE_CHUNK),
-            ).rowcount
+            ).fetchall()
+            self._count_bytes(-sum(n for (n,) in sizes))
+            return len(sizes)
 
         total = 0
         while True:
@@ -902,11 +936,14 @@ class SQLiteStore:
         cutoff = idle_cutoff(now, limits)
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+            sizes = conn.execute(
                 "DELETE FROM queues WHERE recipient_id IN"
-                " (SELECT recipient_id FROM queues WHERE last_used <= ? LIMIT ?)",
+                " (SELECT recipient_id FROM queues WHERE last_used <= ? LIMIT ?)"
+                " RETURNING msg_bytes",
                 (cutoff, _IDLE_CHUNK),
-            ).rowcount
+            ).fetchall()
+            self._count_bytes(-sum(n for (n,) in sizes))
+            return len(sizes)
 
         total = 0
         while True:
