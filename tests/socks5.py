@@ -2,7 +2,8 @@
 
 It forwards only to 127.0.0.1: any other destination is refused (reply 0x02, "not allowed"),
 so a test can never send traffic off this machine through it. It counts the connections it
-carried, so a test can prove that traffic really went through the proxy.
+carried, so a test can prove that traffic really went through the proxy. ``latency`` delays
+every byte by that many seconds in each direction, in order, as a Tor circuit would.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import struct
 
 
 class Socks5Proxy:
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections = 0
@@ -63,7 +65,9 @@ class Socks5Proxy:
             self._writers.add(up_writer)
             self.connections += 1
             writer.write(b"\x05\x00\x00\x01" + bytes(4) + struct.pack(">H", 0))
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(
+                _pipe(reader, up_writer, self.latency), _pipe(up_reader, writer, self.latency)
+            )
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -71,13 +75,30 @@ class Socks5Proxy:
             writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float = 0.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    delayed: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def deliver() -> None:
+        while True:
+            due, data = await delayed.get()
+            if not data:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
             writer.write(data)
             await writer.drain()
+
+    out = asyncio.ensure_future(deliver())
+    try:
+        while data := await reader.read(65536):
+            delayed.put_nowait((loop.time() + latency, data))
+        delayed.put_nowait((loop.time() + latency, b""))
+        await out
     except (ConnectionError, OSError):
         pass
     finally:
+        out.cancel()
         with contextlib.suppress(Exception):
             writer.close()

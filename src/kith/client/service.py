@@ -1407,11 +1407,23 @@ class ClientService:
             self._activity.set()
 
     async def _ack(self, url: str, msg: rp.Msg) -> None:
-        try:
-            await self._pool.ack(url, msg.recipient_id, msg.msg_id)
-        except RelayError:
-            # Redelivered later; the replay window drops it then.
-            self._stats["ack_failed"] += 1
+        """Acknowledge a message already handled (stored, or deliberately dropped), without
+        waiting for the relay's answer: the next pushed message is handled meanwhile, so a
+        backlog drains at the relay's pace, not one round trip per message (over Tor, about
+        a second each). Pending ACKs count as activity, so a one-shot sync waits for them."""
+        self._inflight += 1
+
+        async def send() -> None:
+            try:
+                await self._pool.ack(url, msg.recipient_id, msg.msg_id)
+            except RelayError:
+                # Redelivered later; the replay window drops it then.
+                self._stats["ack_failed"] += 1
+            finally:
+                self._inflight -= 1
+                self._activity.set()
+
+        self._spawn(send())
 
     async def _on_invitation_block(self, q: QueueRow, msg: rp.Msg) -> None:
         inv_id = bytes.fromhex(q.owner)

@@ -41,6 +41,10 @@ from kith.protocol import relay as p
 
 log = logging.getLogger("kith.client")
 
+#: SUBs a reconnecting connection keeps in flight at once (the relay accepts 256 storage
+#: operations in flight per connection before it stops reading).
+SUB_PIPELINE = 64
+
 
 class ConnectionState(enum.Enum):
     CONNECTING = "connecting"
@@ -118,15 +122,7 @@ class _Relay:
             self.client, self.proven, self.retaken = client, set(), set()
             client.on_end = self._taken_over
             try:
-                for sub in list(self.subs.values()):
-                    try:
-                        await client.subscribe(sub.recipient_id, sub.key)
-                    except RelayRefused as exc:
-                        if exc.code is not p.ErrorCode.AUTH:
-                            raise
-                        # The relay has no such queue (deleted, or lost with its store):
-                        # asking again on every reconnect would never succeed.
-                        self.subs.pop(sub.recipient_id, None)
+                await self._subscribe_all(client)
             except RelayError:
                 self.client = None
                 await client.close()
@@ -144,6 +140,35 @@ class _Relay:
                 self.pool.state(self.url, ConnectionState.DISCONNECTED)
             if not self.pool.closed:
                 await self._sleep_backoff()
+
+    async def _subscribe_all(self, client: RelayClient) -> None:
+        """Subscribe every remembered queue on a new connection, :data:`SUB_PIPELINE` SUBs in
+        flight at a time: over Tor a round trip takes about a second, and one SUB per round
+        trip would leave a profile with many contacts deaf for minutes after a reconnect."""
+        subs = list(self.subs.values())
+        refused_quota = 0
+        for start in range(0, len(subs), SUB_PIPELINE):
+            chunk = subs[start : start + SUB_PIPELINE]
+            results = await asyncio.gather(
+                *(client.subscribe(sub.recipient_id, sub.key) for sub in chunk),
+                return_exceptions=True,
+            )
+            for sub, result in zip(chunk, results, strict=True):
+                if result is None:
+                    continue
+                if isinstance(result, RelayRefused) and result.code is p.ErrorCode.AUTH:
+                    # The relay has no such queue (deleted, or lost with its store): asking
+                    # again on every reconnect would never succeed.
+                    self.subs.pop(sub.recipient_id, None)
+                elif isinstance(result, RelayRefused) and result.code is p.ErrorCode.QUOTA:
+                    # More subscriptions than one connection may hold. Reconnecting would
+                    # only be refused again: keep the connection and the others.
+                    refused_quota += 1
+                elif isinstance(result, BaseException):
+                    raise result
+        if refused_quota:
+            log.warning("relay refused %d subscriptions: too many on one connection",
+                        refused_quota)
 
     def _taken_over(self, recipient_id: bytes) -> None:
         """Another connection subscribed to one of our queues: a copy of this profile (or of
