@@ -96,7 +96,7 @@ from kith.client.store import (
     QueueKind,
     QueueRow,
 )
-from kith.client.transport import Backoff, ConnectionState, RelayPool
+from kith.client.transport import SUB_PIPELINE, Backoff, ConnectionState, RelayPool
 from kith.crypto.kdf import Argon2idParams
 from kith.crypto.olm import CRYPTO
 from kith.crypto.signing import SigningKey
@@ -317,6 +317,7 @@ class ClientService:
         self._wake: dict[str, asyncio.Event] = {}
         self._gap_timers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks: set[asyncio.Task[Any]] = set()  # ACKs sent, answers not yet in
         self._streams: set[EventStream] = set()
         self._inflight = 0
         self._activity = asyncio.Event()
@@ -506,9 +507,9 @@ class ClientService:
         if self._running:
             return
         self._running = True
-        for q in list(self._queues.values()):
-            if q.kind is not QueueKind.DOOMED:
-                await self._subscribe(q)
+        await self._subscribe_many(
+            [q for q in self._queues.values() if q.kind is not QueueKind.DOOMED]
+        )
         await self._resend_pending_moves()
         for url in await self._relays_with_work():
             self._kick(url)
@@ -539,9 +540,10 @@ class ClientService:
                     except RelayError:
                         unreachable.add(url)
                         return
-                    for q in list(self._queues.values()):
-                        if q.relay == url and q.kind is not QueueKind.DOOMED:
-                            await self._subscribe(q)
+                    await self._subscribe_many([
+                        q for q in self._queues.values()
+                        if q.relay == url and q.kind is not QueueKind.DOOMED
+                    ])
 
                 await asyncio.gather(*(start_relay(url) for url in relays))
                 await self._resend_pending_moves()
@@ -556,7 +558,10 @@ class ClientService:
         finally:
             if not self._running and not self._locked:
                 # One-shot: nothing arrives between syncs (a message handled now would be
-                # neither counted nor answered until the next one).
+                # neither counted nor answered until the next one). ACKs already sent get
+                # a moment to be answered on the connection their messages came on.
+                if self._acks:
+                    await asyncio.wait(set(self._acks), timeout=self._options.settle)
                 pool, self._pool = self._pool, self._new_pool()
                 await pool.close()
         queued = await self._db(self._store.outbox_count)
@@ -1410,20 +1415,35 @@ class ClientService:
         """Acknowledge a message already handled (stored, or deliberately dropped), without
         waiting for the relay's answer: the next pushed message is handled meanwhile, so a
         backlog drains at the relay's pace, not one round trip per message (over Tor, about
-        a second each). Pending ACKs count as activity, so a one-shot sync waits for them."""
-        self._inflight += 1
+        a second each). Pending ACKs count as activity, so a one-shot sync waits for them,
+        and it lets them finish before it closes the connections."""
+        if self._locked:
+            return  # redelivered next time; the replay window drops it then
+        pool = self._pool  # the connection the message came on, not a later pool
 
         async def send() -> None:
             try:
-                await self._pool.ack(url, msg.recipient_id, msg.msg_id)
+                await pool.ack(url, msg.recipient_id, msg.msg_id)
             except RelayError:
                 # Redelivered later; the replay window drops it then.
                 self._stats["ack_failed"] += 1
-            finally:
-                self._inflight -= 1
-                self._activity.set()
 
-        self._spawn(send())
+        self._inflight += 1
+        task = self._spawn(send())
+        self._acks.add(task)
+        task.add_done_callback(self._ack_done)
+
+    def _ack_done(self, task: asyncio.Task[Any]) -> None:
+        self._acks.discard(task)
+        self._inflight -= 1
+        self._activity.set()
+
+    async def _subscribe_many(self, queues: list[QueueRow]) -> None:
+        """Subscribe ``queues``, :data:`SUB_PIPELINE` at a time (one round trip each batch,
+        not each queue)."""
+        for start in range(0, len(queues), SUB_PIPELINE):
+            chunk = queues[start : start + SUB_PIPELINE]
+            await asyncio.gather(*(self._subscribe(q) for q in chunk))
 
     async def _on_invitation_block(self, q: QueueRow, msg: rp.Msg) -> None:
         inv_id = bytes.fromhex(q.owner)

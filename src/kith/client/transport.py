@@ -164,8 +164,13 @@ class _Relay:
                     # More subscriptions than one connection may hold. Reconnecting would
                     # only be refused again: keep the connection and the others.
                     refused_quota += 1
-                elif isinstance(result, BaseException):
+                elif isinstance(result, RelayError):
                     raise result
+                elif isinstance(result, BaseException):
+                    # Not a relay answer (a SUB cancelled on its own, or a bug): drop this
+                    # connection and start again, rather than keep one nobody reads.
+                    log.error("resubscribing failed: %s", type(result).__name__)
+                    raise RelayProtocolError("resubscribing failed") from result
         if refused_quota:
             log.warning("relay refused %d subscriptions: too many on one connection",
                         refused_quota)

@@ -216,7 +216,7 @@ if tonumber(v[2]) + 1 > tonumber(ARGV[5]) or tonumber(v[3]) + size > tonumber(AR
   return {2}
 end
 local cap = tonumber(ARGV[11])
-if cap > 0 and tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0') + size > cap then
+if cap > 0 and math.max(0, tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')) + size > cap then
   return {2}
 end
 local m = ARGV[1] .. 'm:' .. rid
