@@ -949,3 +949,25 @@ async def test_the_store_wide_cap_counts_staged_messages_and_survives_a_restart(
             await store.put_message(b.sender_id, mid(), b"y", NOW, cap)
     finally:
         await store.close()
+
+
+async def test_on_a_full_disk_every_due_staged_message_fails_at_once(tmp_path: Path) -> None:
+    """Not one per retry: with the writer backing off up to a second between attempts, a
+    hundred staged messages would otherwise keep their senders waiting for minutes."""
+    store = await staging(tmp_path / "relay.db", 0.05)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        await disk_full(store, True)
+        puts = [
+            store.put_message(rec.sender_id, mid(), os.urandom(8192), NOW, BIG)
+            for _ in range(100)
+        ]
+        results = await asyncio.wait_for(
+            asyncio.gather(*puts, return_exceptions=True), 5
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        await disk_full(store, False)
+        assert (await store.put_message(rec.sender_id, mid(), b"x", NOW, BIG)).seq == 101
+    finally:
+        await store.close()

@@ -517,6 +517,13 @@ class SQLiteStore:
                 for f, ok, v, durable in settle
             ]
             settle.extend((fut, False, err, True) for _, fut in jobs[done:])
+            # Staged puts that are due would have been written in this cycle: they fail with
+            # it, now, rather than one per retry while the database keeps failing.
+            now = time.monotonic()
+            for key in [k for k, put in self._staged.items() if put.due <= now]:
+                failed = self._unstage(key)
+                if failed is not None:
+                    settle.append((failed.fut, False, err, True))
             if accepts:
                 self._post(_accept_all, accepts)
             for view in self._views.values():
