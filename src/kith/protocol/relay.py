@@ -120,12 +120,15 @@ class FrameError(RemoteProtocolError):
 # --------------------------------------------------------------------------- client commands
 
 
-@dataclass(frozen=True, slots=True)
+# The frames, effects and records built for every message are plain (not frozen) slotted
+# dataclasses: a frozen one costs about 0.6 us more to build (measured), several are built
+# per message, and nothing mutates them once built.
+@dataclass(slots=True)
 class Ping:
     corr_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class New:
     """Create a queue owned by ``recipient_key`` (Ed25519 public key)."""
 
@@ -133,7 +136,7 @@ class New:
     recipient_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sub:
     """Subscribe to a queue; ``signature`` by the recipient key over the auth payload."""
 
@@ -142,7 +145,7 @@ class Sub:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Key:
     """Secure a queue: from now on senders must prove ``sender_key``."""
 
@@ -152,7 +155,7 @@ class Key:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SAuth:
     """Prove the sender key of a secured queue, once per connection."""
 
@@ -161,14 +164,14 @@ class SAuth:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     corr_id: int
     sender_id: bytes
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack:
     """Acknowledge (and so delete) a message delivered on this connection's subscription."""
 
@@ -177,7 +180,7 @@ class Ack:
     msg_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Del:
     """Delete a queue and every message in it."""
 
@@ -191,7 +194,7 @@ Command = Ping | New | Sub | Key | SAuth | Send | Ack | Del
 # --------------------------------------------------------------------------- relay frames
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     min_version: int
     max_version: int
@@ -200,24 +203,24 @@ class Hello:
     window: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ok:
     corr_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong:
     corr_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ids:
     corr_id: int
     recipient_id: bytes
     sender_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Msg:
     """A pushed message. ``received_at`` is coarse (whole minutes, Unix seconds)."""
 
@@ -227,14 +230,14 @@ class Msg:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class End:
     """Another connection took over the subscription to ``recipient_id``."""
 
     recipient_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Err:
     corr_id: int
     code: ErrorCode

@@ -111,19 +111,22 @@ class Counters:
 # --------------------------------------------------------------------------- outputs
 
 
-@dataclass(frozen=True, slots=True)
+# The frames, effects and records built for every message are plain (not frozen) slotted
+# dataclasses: a frozen one costs about 0.6 us more to build (measured), several are built
+# per message, and nothing mutates them once built.
+@dataclass(slots=True)
 class Reply:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateQueue:
     corr_id: int
     record: QueueRecord
     now: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoadQueue:
     """Look up a queue for a command that must be authorised against its keys.
 
@@ -135,20 +138,20 @@ class LoadQueue:
     by_sender: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SecureQueue:
     corr_id: int
     recipient_id: bytes
     sender_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteQueue:
     corr_id: int
     recipient_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoreMessage:
     """Outcome: :class:`StoredRef`. ``sender_key`` is the key this connection proved, if any."""
 
@@ -161,19 +164,19 @@ class StoreMessage:
     sender_key: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Subscribe:
     """Register this connection as the queue's subscriber (taking over from any other)."""
 
     recipient_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unsubscribe:
     recipient_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fetch:
     """Outcome: ``list[StoredMessage]`` (oldest first)."""
 
@@ -184,7 +187,7 @@ class Fetch:
     limits: Limits
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AckMessage:
     """Outcome: ``bool`` (whether the message was there)."""
 
