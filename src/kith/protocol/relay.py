@@ -250,6 +250,12 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HELLO = struct.Struct(">BB32sIH")
 
+# Plain ints for the hot paths (comparing with an IntEnum member costs an attribute lookup).
+_OK: Final = int(FrameType.OK)
+_SEND: Final = int(FrameType.SEND)
+_ACK: Final = int(FrameType.ACK)
+_MSG_HEADER: Final = _HEADER.pack(VERSION, int(FrameType.MSG), 0)
+
 
 def max_frame_size(block_size: int) -> int:
     """Largest valid frame for a relay with ``block_size`` (a MSG push)."""
@@ -282,6 +288,18 @@ def _check(name: str, value: bytes, length: int) -> None:
         raise TypeError(f"{name} must be bytes")
     if len(value) != length:
         raise ValueError(f"{name} must be {length} bytes, got {len(value)}")
+
+
+def encode_ok(corr_id: int) -> bytes:
+    """``encode(Ok(corr_id))``, without building the frame object (the relay's hot path)."""
+    return _HEADER.pack(VERSION, _OK, corr_id)
+
+
+def encode_msg(recipient_id: bytes, msg_id: bytes, received_at: int, body: bytes) -> bytes:
+    """``encode(Msg(...))``, without building the frame object (the relay's hot path)."""
+    _check("recipient_id", recipient_id, ID_LEN)
+    _check("msg_id", msg_id, MSG_ID_LEN)
+    return b"".join((_MSG_HEADER, recipient_id, msg_id, _U64.pack(received_at), body))
 
 
 def encode(frame: Command | Reply) -> bytes:
@@ -369,6 +387,20 @@ def decode_command(data: bytes, block_size: int) -> Command:
     A ``SEND`` whose body length differs from ``block_size`` raises ``BLOCK_SIZE``.
     """
     ftype, corr, body = _read_header(data, HEADER_LEN + ID_LEN + block_size)
+    # SEND and ACK first: they are nearly all the traffic.
+    if ftype == _SEND:
+        if len(body) < ID_LEN:
+            raise FrameError(ErrorCode.MALFORMED, "SEND shorter than a sender id", corr)
+        if len(body) - ID_LEN != block_size:
+            raise FrameError(
+                ErrorCode.BLOCK_SIZE,
+                f"SEND body is {len(body) - ID_LEN} bytes, block size is {block_size}",
+                corr,
+            )
+        return Send(corr, body[:ID_LEN], body[ID_LEN:])
+    if ftype == _ACK:
+        _expect_len(body, ID_LEN + MSG_ID_LEN, "ACK", corr)
+        return Ack(corr, body[:ID_LEN], body[ID_LEN:])
     if ftype == FrameType.PING:
         _expect_len(body, 0, "PING", corr)
         return Ping(corr)
@@ -384,19 +416,6 @@ def decode_command(data: bytes, block_size: int) -> Command:
     if ftype == FrameType.SAUTH:
         _expect_len(body, ID_LEN + SIG_LEN, "SAUTH", corr)
         return SAuth(corr, body[:ID_LEN], body[ID_LEN:])
-    if ftype == FrameType.SEND:
-        if len(body) < ID_LEN:
-            raise FrameError(ErrorCode.MALFORMED, "SEND shorter than a sender id", corr)
-        if len(body) - ID_LEN != block_size:
-            raise FrameError(
-                ErrorCode.BLOCK_SIZE,
-                f"SEND body is {len(body) - ID_LEN} bytes, block size is {block_size}",
-                corr,
-            )
-        return Send(corr, body[:ID_LEN], body[ID_LEN:])
-    if ftype == FrameType.ACK:
-        _expect_len(body, ID_LEN + MSG_ID_LEN, "ACK", corr)
-        return Ack(corr, body[:ID_LEN], body[ID_LEN:])
     if ftype == FrameType.DEL:
         _expect_len(body, ID_LEN + SIG_LEN, "DEL", corr)
         return Del(corr, body[:ID_LEN], body[ID_LEN:])

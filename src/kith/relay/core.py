@@ -389,10 +389,10 @@ class RelayConnection:
                     raise TypeError("LoadQueue outcome must be a QueueRecord or None")
                 return self._authorise(cmd, outcome, now)
             case SecureQueue(corr, _, _) | DeleteQueue(corr, _):
-                return [Reply(p.encode(p.Ok(corr)))]
+                return [Reply(p.encode_ok(corr))]
             case StoreMessage(corr, _, _, _, _, _, _):
                 self.counters.add("messages_stored")
-                return [Reply(p.encode(p.Ok(corr)))]
+                return [Reply(p.encode_ok(corr))]
             case Fetch(rid, _, _, _, _):
                 if not isinstance(outcome, list):
                     raise TypeError("Fetch outcome must be a list")
@@ -406,7 +406,7 @@ class RelayConnection:
                     out: list[Output] = [_err(corr, p.ErrorCode.NO_MESSAGE)]
                 else:
                     self.counters.add("messages_acked")
-                    out = [Reply(p.encode(p.Ok(corr)))]
+                    out = [Reply(p.encode_ok(corr))]
                 if sub is not None:
                     out += self._maybe_fetch(rid, sub, now)
                 return out
@@ -478,11 +478,11 @@ class RelayConnection:
             case p.SAuth(corr, sid, sig):
                 if rec.sender_key is None:
                     # Not secured yet: nothing to prove, any holder of the sender id may send.
-                    return [Reply(p.encode(p.Ok(corr)))]
+                    return [Reply(p.encode_ok(corr))]
                 if not self._signed(rec.sender_key, sig, p.FrameType.SAUTH, sid):
                     return self._deny(corr)
                 self._proven[sid] = rec.sender_key
-                return [Reply(p.encode(p.Ok(corr)))]
+                return [Reply(p.encode_ok(corr))]
         raise AssertionError("unreachable")
 
     def _signed(
@@ -516,7 +516,7 @@ class RelayConnection:
             sub.inflight.clear()
             out = []
         sub.dirty = True
-        out.append(Reply(p.encode(p.Ok(corr))))
+        out.append(Reply(p.encode_ok(corr)))
         out += self._maybe_fetch(rid, sub, now)
         return out
 
@@ -556,7 +556,7 @@ class RelayConnection:
                 continue
             sub.last_seq = m.seq
             sub.inflight[m.msg_id] = m.seq
-            out.append(Reply(p.encode(p.Msg(rid, m.msg_id, m.received_at, m.body))))
+            out.append(Reply(p.encode_msg(rid, m.msg_id, m.received_at, m.body)))
         self.counters.add("messages_delivered", len(out))
         return out
 

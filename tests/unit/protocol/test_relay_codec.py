@@ -114,3 +114,29 @@ def test_known_frame_bytes() -> None:
     assert p.encode(p.Ack(2, bytes(16), b"\x11" * 16)).hex() == (
         "010700000002" + "00" * 16 + "11" * 16
     )
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_fast_ok_encoder_matches_the_general_one(corr: int) -> None:
+    assert p.encode_ok(corr) == p.encode(p.Ok(corr))
+
+
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 2**64 - 1),
+    st.binary(max_size=300),
+)
+def test_the_fast_msg_encoder_matches_the_general_one(
+    rid: bytes, msg_id: bytes, received_at: int, body: bytes
+) -> None:
+    assert p.encode_msg(rid, msg_id, received_at, body) == p.encode(
+        p.Msg(rid, msg_id, received_at, body)
+    )
+
+
+def test_the_fast_msg_encoder_checks_sizes() -> None:
+    with pytest.raises(ValueError):
+        p.encode_msg(bytes(15), bytes(16), 0, b"")
+    with pytest.raises(ValueError):
+        p.encode_msg(bytes(16), bytes(17), 0, b"")
