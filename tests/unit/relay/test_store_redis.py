@@ -332,3 +332,22 @@ async def test_a_frozen_redis_never_hangs_a_call(
             except StoreUnavailable:
                 await asyncio.sleep(0.1)
     await wait_until(lambda: a.pubsub_connected)
+
+
+async def test_a_negative_byte_total_does_not_loosen_the_store_wide_cap(
+    redis_server: RedisServer, stores: Callable[..., Any], prefix: str
+) -> None:
+    """If the aggregate hash drifts below zero (lost and rebuilt by hand, say), the cap counts
+    from zero rather than from the negative total."""
+    store = await stores(redis_server.url, prefix)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await raw.hset(f"{prefix}st", "bytes", -1_000_000)
+    finally:
+        await raw.aclose()
+    cap = Limits(max_store_bytes=10)
+    with pytest.raises(QuotaExceeded):
+        await store.put_message(rec.sender_id, mid(), b"x" * 11, NOW, cap)
+    await store.put_message(rec.sender_id, mid(), b"x" * 10, NOW, cap)
