@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -344,5 +346,34 @@ async def test_metrics_count_messages_never_written(tmp_path: Any) -> None:
         metrics = await server.render_metrics()
         assert "kith_relay_store_staged_never_written_total 1" in metrics
         assert "kith_relay_store_staged_written_total 1" in metrics
+    finally:
+        await server.stop()
+
+
+async def test_a_refused_connection_cannot_slip_a_command_in_behind_its_upgrade() -> None:
+    """A client refused for a full relay sends its upgrade and a SUB in one write: the SUB,
+    read together with the upgrade, must not reach the protocol core."""
+    server = RelayServer(MemoryStore(), ServerConfig(port=0, max_connections=1,
+                                                     relay=RelayConfig(block_size=BLOCK)))
+    await server.start()
+    try:
+        async with await RelayClient.connect(url(server)) as owner:
+            _key, rid, _sid = await queue(owner)
+            frame = p.encode(p.Sub(1, rid, bytes(64)))
+            mask = os.urandom(4)
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(frame))
+            request = (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+            ).encode()
+            frames_before = server.counters.values["frames_in"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request + bytes((0x82, 0x80 | len(frame))) + mask + masked)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), 5)  # the relay answers and hangs up
+            writer.close()
+            assert server.counters.values["connections_refused"] == 1
+            assert server.counters.values["frames_in"] == frames_before  # never parsed
     finally:
         await server.stop()

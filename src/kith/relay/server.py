@@ -175,6 +175,11 @@ class _Connection(WSListener):
         self.write(self.core.hello())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closed:
+            # Refused (relay full) or already closed: frames that arrived in the same read as
+            # the upgrade must not reach the core, or a connection the relay never counted
+            # could hold subscriptions.
+            return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.BINARY or msg_type is WSMsgType.TEXT:
             if self.fragments is not None:
