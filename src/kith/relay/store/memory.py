@@ -151,7 +151,7 @@ class MemoryStore:
         check_id("msg_id", msg_id)
         check_body(body)
         check_id("sender_id", sender_id)
-        return _settled(self._put, sender_id, msg_id, body, now, limits, sender_key)
+        return _settled(self._live(), self._put, sender_id, msg_id, body, now, limits, sender_key)
 
     def _put(
         self,
@@ -207,7 +207,7 @@ class MemoryStore:
     def ack(self, recipient_id: bytes, msg_id: bytes) -> asyncio.Future[bool]:
         check_id("msg_id", msg_id)
         check_id("recipient_id", recipient_id)
-        return _settled(self._ack, recipient_id, msg_id)
+        return _settled(self._live(), self._ack, recipient_id, msg_id)
 
     def _ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
         self._live()
@@ -273,10 +273,15 @@ class MemoryStore:
         }
 
 
-def _settled(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+def _settled(
+    loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: object
+) -> asyncio.Future[T]:
     """Run ``fn`` now and return its outcome as a finished future: a refusal (a StoreError)
-    is delivered through the future, as from any other backend, not raised at the call."""
-    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    is delivered through the future, as from any other backend, not raised at the call.
+
+    The loop is passed in: ``asyncio.get_running_loop()`` makes a ``getpid`` system call on
+    every call before Python 3.12, which was 9 % of the memory relay's time at saturation."""
+    fut: asyncio.Future[T] = loop.create_future()
     try:
         fut.set_result(fn(*args))
     except StoreError as exc:

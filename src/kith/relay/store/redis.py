@@ -552,7 +552,8 @@ class RedisStore:
         return result
 
     def _enqueue(self, cmd: Sequence[EncodableT]) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._lane.append((cmd, fut))
         self._lane_wake.set()
         return fut
