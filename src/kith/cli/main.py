@@ -218,7 +218,8 @@ def _relay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--store", choices=("sqlite", "memory", "redis"))
     serve.add_argument("--db", help="SQLite database path")
     serve.add_argument("--stage-ms", dest="stage_ms", type=float,
-                       help="SQLite: hold each message this long before writing it (default 20)")
+                       help="SQLite: hold a pushed message at least this long before writing "
+                       "it (default 20; stretched while ACKs come late)")
     serve.add_argument("--redis-url", dest="redis_url", help="redis://host:port/db")
     serve.add_argument("--metrics-port", dest="metrics_port", type=int,
                        help="serve Prometheus metrics on 127.0.0.1:PORT")

@@ -6,7 +6,7 @@ Example (every key optional; these are the defaults)::
     port = 7650
     store = "sqlite"            # sqlite | memory | redis
     db = "kith-relay.db"        # sqlite only
-    stage_ms = 20               # sqlite only: hold a message this long before writing it
+    stage_ms = 20               # sqlite only: hold a pushed message at least this long
     redis_url = "redis://127.0.0.1:6379/0"
     redis_prefix = "kith:"
     metrics_port = 0            # 0 = no metrics endpoint

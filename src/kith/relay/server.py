@@ -135,8 +135,9 @@ class _EarlyPush:
         self.effect = effect
         self.pushed = False
 
-    def __call__(self, ref: StoredRef) -> None:
+    def __call__(self, ref: StoredRef) -> bool:
         self.pushed = self.relay.stored(ref, self.effect.body, self.effect.msg_id)
+        return self.pushed
 
 
 class _Connection(WSListener):
@@ -284,7 +285,7 @@ class _Connection(WSListener):
         fut: asyncio.Future[object]
         early = _EarlyPush(relay, effect) if isinstance(effect, core.StoreMessage) else None
         try:
-            fut = asyncio.ensure_future(start_effect(relay.store, effect, early))
+            fut = asyncio.ensure_future(start_effect(relay.store, effect, early), loop=relay.loop)
         except Exception as exc:  # noqa: BLE001 -- fed back to the core like any outcome
             fut = relay.loop.create_future()
             fut.set_exception(exc)

@@ -10,7 +10,9 @@ import signal
 import sqlite3
 import stat
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -673,13 +675,25 @@ async def staging(path: Path, seconds: float, hints: Hints | None = None) -> SQL
     return store
 
 
+def delivered(sink: Callable[[StoredRef], object] | None = None) -> Callable[[StoredRef], bool]:
+    """An ``accepted`` callback that says the message went to a subscriber: the store then
+    holds it, hoping for its ACK. (A message nobody was sent is written at once.)"""
+
+    def accepted(ref: StoredRef) -> bool:
+        if sink is not None:
+            sink(ref)
+        return True
+
+    return accepted
+
+
 async def test_a_message_acknowledged_while_staged_never_reaches_the_disk(
     tmp_path: Path,
 ) -> None:
     """The relay pushes a staged message at once; if the recipient acknowledges it before it
     is due, it is never written. A second message, left unacknowledged, is written: the same
     search finds it, so the search works."""
-    delivered = b"DELIVERED-WHILE-ONLINE-" * 40
+    online = b"DELIVERED-WHILE-ONLINE-" * 40
     waiting = b"WAITING-FOR-RECIPIENT--" * 40
     store = await staging(tmp_path / "relay.db", 0.5)
     rec = new_record()
@@ -687,7 +701,7 @@ async def test_a_message_acknowledged_while_staged_never_reaches_the_disk(
     accepted: asyncio.Queue[StoredRef] = asyncio.Queue()
     m1, m2 = mid(), mid()
     put1 = store.put_message(
-        rec.sender_id, m1, delivered, NOW, LIMITS, accepted=accepted.put_nowait
+        rec.sender_id, m1, online, NOW, LIMITS, accepted=delivered(accepted.put_nowait)
     )
     ref = await asyncio.wait_for(accepted.get(), 5)
     assert ref.seq == 1 and not put1.done()  # numbered and deliverable, not yet durable
@@ -695,7 +709,7 @@ async def test_a_message_acknowledged_while_staged_never_reaches_the_disk(
     assert await put1 == ref  # acknowledged first: the put is complete without a write
     assert (await store.put_message(rec.sender_id, m2, waiting, NOW, LIMITS)).seq == 2
     await store.close()
-    assert files_containing(tmp_path, delivered[:23]) == []
+    assert files_containing(tmp_path, online[:23]) == []
     assert files_containing(tmp_path, waiting[:23]) != []
 
 
@@ -704,7 +718,7 @@ async def test_a_put_completes_only_once_its_message_is_written(tmp_path: Path) 
     store = await staging(db, 0.2)
     rec = new_record()
     await store.create_queue(rec, NOW)
-    put = store.put_message(rec.sender_id, mid(), b"body", NOW, LIMITS)
+    put = store.put_message(rec.sender_id, mid(), b"body", NOW, LIMITS, accepted=delivered())
     await asyncio.sleep(0.05)
     assert not put.done()
     assert await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS) == []  # not written yet
@@ -718,7 +732,10 @@ async def test_close_writes_every_staged_message(tmp_path: Path) -> None:
     store = await staging(db, 1.0)
     rec = new_record()
     await store.create_queue(rec, NOW)
-    puts = [store.put_message(rec.sender_id, mid(), b"x", NOW, BIG) for _ in range(50)]
+    puts = [
+        store.put_message(rec.sender_id, mid(), b"x", NOW, BIG, accepted=delivered())
+        for _ in range(50)
+    ]
     await asyncio.sleep(0.05)
     assert not any(p.done() for p in puts)
     await store.close()
@@ -743,7 +760,7 @@ async def test_seqs_of_messages_acknowledged_while_staged_are_never_reused(
     refs: asyncio.Queue[StoredRef] = asyncio.Queue()
     ids = [mid(), mid(), mid()]
     puts = [
-        store.put_message(rec.sender_id, m, b"x", NOW, LIMITS, accepted=refs.put_nowait)
+        store.put_message(rec.sender_id, m, b"x", NOW, LIMITS, accepted=delivered(refs.put_nowait))
         for m in ids
     ]
     assert [(await refs.get()).seq for _ in ids] == [1, 2, 3]
@@ -756,7 +773,9 @@ async def test_seqs_of_messages_acknowledged_while_staged_are_never_reused(
     assert await store.ack(rec.recipient_id, fourth[0].msg_id)
     # The last seq given out was acknowledged while staged; after a restart the next is 6.
     m5 = mid()
-    put5 = store.put_message(rec.sender_id, m5, b"z", NOW, LIMITS, accepted=refs.put_nowait)
+    put5 = store.put_message(
+        rec.sender_id, m5, b"z", NOW, LIMITS, accepted=delivered(refs.put_nowait)
+    )
     assert (await refs.get()).seq == 5
     assert await store.ack(rec.recipient_id, m5)
     await put5
@@ -774,7 +793,10 @@ async def test_staged_messages_count_against_the_quota(tmp_path: Path) -> None:
         rec = new_record()
         await store.create_queue(rec, NOW)
         small = Limits(max_messages=2)
-        puts = [store.put_message(rec.sender_id, mid(), b"x", NOW, small) for _ in range(3)]
+        puts = [
+            store.put_message(rec.sender_id, mid(), b"x", NOW, small, accepted=delivered())
+            for _ in range(3)
+        ]
         with pytest.raises(QuotaExceeded):
             await asyncio.wait_for(puts[2], 0.5)  # refused at once, before anything is written
         assert not puts[0].done() and not puts[1].done()
@@ -789,7 +811,7 @@ async def test_a_staged_message_can_be_refused_for_a_duplicate_id(tmp_path: Path
         rec = new_record()
         await store.create_queue(rec, NOW)
         m = mid()
-        first = store.put_message(rec.sender_id, m, b"x", NOW, LIMITS)
+        first = store.put_message(rec.sender_id, m, b"x", NOW, LIMITS, accepted=delivered())
         with pytest.raises(DuplicateId):
             await store.put_message(rec.sender_id, m, b"y", NOW, LIMITS)  # still staged
         await first
@@ -804,13 +826,127 @@ async def test_deleting_a_queue_takes_its_staged_messages(tmp_path: Path) -> Non
     store = await staging(tmp_path / "relay.db", 1.0)
     rec = new_record()
     await store.create_queue(rec, NOW)
-    put = store.put_message(rec.sender_id, mid(), marker, NOW, LIMITS)
+    first = store.put_message(rec.sender_id, mid(), b"first", NOW, LIMITS)
+    await asyncio.sleep(0.1)  # the store now holds a lease on the queue, and stages
+    put = store.put_message(rec.sender_id, mid(), marker, NOW, LIMITS, accepted=delivered())
     await store.delete_queue(rec.recipient_id)
-    assert (await asyncio.wait_for(put, 5)).seq == 1
+    # Written ahead of the deletion (they came before it), and deleted with the queue.
+    assert [(await asyncio.wait_for(f, 5)).seq for f in (first, put)] == [1, 2]
     with pytest.raises(NoQueue):
         await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
     await store.close()
     assert files_containing(tmp_path, marker[:25]) == []
+
+
+async def test_a_put_waiting_for_its_lease_when_the_queue_is_deleted_is_never_stored(
+    tmp_path: Path,
+) -> None:
+    """The put comes before the deletion but its lease is read first: it is refused (the
+    queue is gone when it would be written), and a put after the deletion too."""
+    marker = b"WAITING-THEN-QUEUE-DELETED" * 40
+    store = await staging(tmp_path / "relay.db", 0.05)
+    rec = new_record()
+    await store.create_queue(rec, NOW)
+    seqs: list[int] = []
+    before = store.put_message(
+        rec.sender_id, mid(), marker, NOW, LIMITS, accepted=lambda r: seqs.append(r.seq)
+    )
+    delete = asyncio.ensure_future(store.delete_queue(rec.recipient_id))
+    await asyncio.sleep(0)  # the deletion is queued behind the lease request
+    after = store.put_message(rec.sender_id, mid(), marker, NOW, LIMITS)
+    await delete
+    for fut in (before, after):
+        with pytest.raises(NoQueue):
+            await asyncio.wait_for(fut, 5)
+    assert seqs == [1]  # numbered (and deliverable) before the deletion, never stored
+    await store.close()
+    assert files_containing(tmp_path, marker[:25]) == []
+
+
+async def test_securing_a_queue_while_its_lease_is_granted_binds_every_later_put(
+    tmp_path: Path,
+) -> None:
+    """A lease is read by the writer; KEY arrives while that read is on its way. Puts called
+    before KEY are checked against the queue as it was, puts called after against the key:
+    one sent without the key after KEY is refused, never staged."""
+    store = await staging(tmp_path / "relay.db", 0.05)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        skey = os.urandom(32)
+        held = await hold_writer(store, 0.2)  # the lease request and KEY share the next cycle
+        before = store.put_message(rec.sender_id, mid(), b"before", NOW, LIMITS)
+        secure = asyncio.ensure_future(store.secure_queue(rec.recipient_id, skey))
+        await asyncio.sleep(0)
+        unkeyed = store.put_message(rec.sender_id, mid(), b"unkeyed", NOW, LIMITS)
+        keyed = store.put_message(rec.sender_id, mid(), b"keyed", NOW, LIMITS, skey)
+        await held
+        await secure
+        assert (await asyncio.wait_for(before, 5)).seq == 1
+        with pytest.raises(NotAuthorized):
+            await asyncio.wait_for(unkeyed, 5)
+        assert (await asyncio.wait_for(keyed, 5)).seq == 2
+        # With the lease in place, KEY still takes effect for the very next put.
+        other = os.urandom(32)
+        with pytest.raises(NotAuthorized):
+            await store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS, other)
+        got = await store.pending(rec.recipient_id, 0, 10, NOW, LIMITS)
+        assert [m.body for m in got] == [b"before", b"keyed"]
+    finally:
+        await store.close()
+
+
+async def test_securing_a_leased_queue_applies_to_the_next_put_at_once(tmp_path: Path) -> None:
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        staged = store.put_message(rec.sender_id, mid(), b"staged", NOW, LIMITS)
+        await asyncio.sleep(0.1)  # leased, and the put is staged
+        skey = os.urandom(32)
+        secure = asyncio.ensure_future(store.secure_queue(rec.recipient_id, skey))
+        await asyncio.sleep(0)
+        with pytest.raises(NotAuthorized):
+            await asyncio.wait_for(store.put_message(rec.sender_id, mid(), b"x", NOW, LIMITS), 5)
+        await secure
+        # The staged put came before KEY: it is written ahead of it, without waiting a second.
+        assert (await asyncio.wait_for(staged, 0.5)).seq == 1
+        assert (await store.put_message(rec.sender_id, mid(), b"y", NOW, LIMITS, skey)).seq == 2
+    finally:
+        await store.close()
+
+
+async def test_each_queue_reaches_the_writer_in_seq_order(tmp_path: Path) -> None:
+    """A message nobody was sent is written at the end of the turn; a delivered one is held.
+    When KEY hands the queue's held messages to the writer in that same turn, the unsent one
+    (a lower seq) must still go first: a fetch that saw a later seq without an earlier one
+    would skip the earlier one for good."""
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        await store.put_message(rec.sender_id, mid(), b"lease", NOW, LIMITS)  # seq 1
+        order: list[int] = []
+        enqueue = store._enqueue
+
+        def recording(job: object, fut: asyncio.Future[object] | None) -> None:
+            for put in getattr(job, "puts", []):
+                order.append(put.ref.seq)
+            enqueue(job, fut)
+
+        store._enqueue = recording  # type: ignore[method-assign]
+        # As in the relay: KEY's task is created, then SENDs are read in the same turn; the
+        # task runs (and revokes the lease) before the end-of-turn write of the unsent one.
+        secure = asyncio.ensure_future(store.secure_queue(rec.recipient_id, os.urandom(32)))
+        unsent = store.put_message(rec.sender_id, mid(), b"unsent", NOW, LIMITS)  # seq 2
+        sent = store.put_message(
+            rec.sender_id, mid(), b"sent", NOW, LIMITS, accepted=delivered()
+        )  # seq 3, held
+        await secure
+        assert [(await f).seq for f in (unsent, sent)] == [2, 3]
+        assert order == [2, 3]
+    finally:
+        await store.close()
 
 
 async def test_a_staged_message_is_hinted_once_written(tmp_path: Path) -> None:
@@ -843,9 +979,18 @@ async def disk_full(store: SQLiteStore, full: bool) -> None:
     await store._write(op)
 
 
-def hold_writer(store: SQLiteStore, seconds: float) -> asyncio.Future[None]:
-    """Keep the writer busy, so that the jobs queued meanwhile share its next cycle."""
-    return store._submit(lambda conn: time.sleep(seconds))
+async def hold_writer(store: SQLiteStore, seconds: float) -> asyncio.Future[None]:
+    """Keep the writer busy, so that the jobs queued meanwhile share its next cycle. Returns
+    once the writer is inside the hold (a job queued after that cannot share its cycle)."""
+    started = threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        time.sleep(seconds)
+
+    held = store._submit(hold)
+    await asyncio.to_thread(started.wait, 5)
+    return held
 
 
 async def test_a_failing_transaction_answers_every_job_in_it(tmp_path: Path) -> None:
@@ -858,7 +1003,7 @@ async def test_a_failing_transaction_answers_every_job_in_it(tmp_path: Path) -> 
         first = mid()
         await store.put_message(rec.sender_id, first, b"x", NOW, LIMITS)
         await disk_full(store, True)
-        held = hold_writer(store, 0.3)
+        held = await hold_writer(store, 0.3)
         big = QueueRecord(os.urandom(16), os.urandom(16), os.urandom(200_000))
         new = asyncio.ensure_future(store.create_queue(big, NOW))  # needs pages: fails
         await asyncio.sleep(0)
@@ -876,7 +1021,8 @@ async def test_a_failing_transaction_answers_every_job_in_it(tmp_path: Path) -> 
         await disk_full(store, False)
         assert await store.ack(rec.recipient_id, first) is True
         ref = await store.put_message(rec.sender_id, mid(), b"later", NOW, LIMITS)
-        assert ref.seq == 3  # seq 2 went to the put whose insert failed: never handed out twice
+        # Seqs 2 and 3 went to the two puts whose inserts failed: never handed out twice.
+        assert ref.seq == 4
     finally:
         await store.close()
 
@@ -896,7 +1042,7 @@ async def test_a_queue_deletion_rolled_back_keeps_the_queues_seqs(tmp_path: Path
         staged = store.put_message(
             rec.sender_id, mid(), b"a2", NOW, LIMITS, accepted=lambda r: seqs.append(r.seq)
         )
-        held = hold_writer(store, 0.3)
+        held = await hold_writer(store, 0.3)
         await asyncio.sleep(0.05)
         delete = asyncio.ensure_future(store.delete_queue(rec.recipient_id))
         big = QueueRecord(os.urandom(16), os.urandom(16), os.urandom(200_000))
@@ -938,7 +1084,12 @@ async def test_the_store_wide_cap_counts_staged_messages_and_survives_a_restart(
     await store.create_queue(a, NOW)
     await store.create_queue(b, NOW)
     cap = Limits(max_store_bytes=20)
-    puts = [store.put_message(r.sender_id, mid(), b"x" * 10, NOW, cap) for r in (a, b)]
+    puts = [
+        store.put_message(r.sender_id, mid(), b"x" * 10, NOW, cap, accepted=delivered())
+        for r in (a, b)
+    ]
+    await asyncio.sleep(0.1)  # both leases granted, both puts staged
+    assert not any(p.done() for p in puts)
     with pytest.raises(QuotaExceeded):  # the first two are only staged, and already count
         await asyncio.wait_for(store.put_message(a.sender_id, mid(), b"y", NOW, cap), 0.5)
     await store.close()

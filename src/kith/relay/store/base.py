@@ -138,8 +138,10 @@ NotifyFn = Callable[[bytes, int | None], None]
 
 #: Called on the event loop, at most once, with a message's :class:`StoredRef` as soon as a
 #: backend has checked and numbered it, possibly *before* it is durable (see
-#: ``put_message``). The relay pushes the message to a local subscriber from here.
-AcceptFn = Callable[["StoredRef"], None]
+#: ``put_message``), possibly from within ``put_message`` itself. The relay pushes the
+#: message to a local subscriber from here, and returns True if it did: only a message
+#: someone was sent can be acknowledged before it is written.
+AcceptFn = Callable[["StoredRef"], bool]
 
 
 class Store(Protocol):
@@ -193,10 +195,11 @@ class Store(Protocol):
         ``accepted``, if given, may be called with the ref once the message is checked and
         numbered but before it is durable. A backend that holds messages in memory for a
         moment before writing them (SQLite's staging) calls it so that the message can be
-        delivered meanwhile; if the recipient's ``ack`` for it arrives before it is written,
-        the message is never written, and the put completes then: delivered and
-        acknowledged is at least as final as durable. Backends without staging never call
-        it; the caller delivers from the result.
+        delivered meanwhile, and holds only a message it says was delivered; if the
+        recipient's ``ack`` for it arrives before it is written, the message is never
+        written, and the put completes then: delivered and acknowledged is at least as final
+        as durable. Backends without staging never call it; the caller delivers from the
+        result.
         """
 
     async def pending(

@@ -23,25 +23,44 @@ one. Committing each call separately would cost one fsync per message, so writes
 
 Staging
 -------
-A put is not written at once. The writer checks it as the insert would (queue, sender key,
-quota counting the staged messages too), gives it the queue's next seq, and *stages* it in
-memory; the ``accepted`` callback then tells the relay, which pushes the message to a local
-subscriber immediately. The staged message is written when it is due: ``stage_seconds`` old,
-staged in an earlier cycle, and with the job queue drained (an ACK for it might be waiting
-otherwise). At most :data:`_STAGE_MAX` messages are staged and none waits more than
-:data:`_STAGE_MAX_AGE` past its due time. If the recipient's ACK arrives first, the message is
-never written, and both the put and the ack complete then: the put's caller learns that the
-message was delivered and acknowledged, which is at least as final as durable. A put
-completes (the sender's OK) only once its message is committed or acknowledged, so a crash
-loses only puts that were never answered, and the sender sends those again.
+A put is not written at once, and most never cross to the writer thread. The event loop holds
+a *lease* on each queue it has sent to recently: the queue's recipient id, sender key, last
+seq handed out, and the count and bytes of its messages. The writer grants it (a ``_Grant``
+job reads the queue row; puts for that queue wait in call order meanwhile) and reports every
+later change it makes to those counts (an ACK of a written message, expiry, a failed insert)
+in the same ordered report that settles its futures, after each commit. With the lease, a put
+is checked on the loop as the insert would check it (sender key, quota, the store-wide cap),
+given the next seq, and handed to the ``accepted`` callback, which pushes it to a local
+subscriber and says whether it did:
 
-Because a message acknowledged while staged is never inserted, the insert trigger never
-records its seq in ``queues.last_seq``. The writer keeps a *view* per queue it has staged for,
-whose ``last_seq`` is the authority while it exists, and writes it back before dropping the
-view (when there are more than :data:`_VIEW_MAX` views, and on close). A crash loses the
-views; the seqs of messages acknowledged while staged may then be handed out again, which is
-harmless: a seq orders one queue's messages for the connections of one relay process, a crash
-ends them all, and no row holds such a seq.
+- a message that was *delivered* is held (staged) in memory. If the recipient's ACK arrives
+  first, it is never written: the ACK and the put both complete on the loop, and the put's
+  caller learns that the message was delivered and acknowledged, which is at least as final
+  as durable. Otherwise it goes to the writer after the *hold*;
+- a message nobody was sent cannot be acknowledged, so it goes to the writer at the end of
+  the loop turn (unless held messages of its queue are still waiting: each queue is handed to
+  the writer in seq order, so that a read never sees a later message without an earlier one).
+
+The hold starts at ``stage_seconds`` and follows how late ACKs come (:meth:`_adjust_hold`):
+a relay under load reads them late, and a hold shorter than that would write, then delete,
+nearly every message. At most :data:`_STAGE_MAX` messages are held and none longer than
+:data:`_STAGE_MAX_HOLD`. A put completes (the sender's OK) only once its message is committed
+or acknowledged, so a crash loses only puts that were never answered, and the sender sends
+those again.
+
+A command that changes the queue (``secure_queue``, ``delete_queue``) *revokes* the lease in
+the same step as it queues its op: the queue's held messages go to the writer ahead of the
+op (they came before it), and the next put asks for a new lease, read after the op. A lease
+granted from a read made before a revocation that happened while it was on its way serves
+only the puts called before the revocation; it is then revoked at once and the later puts
+ask again. Idle leases are handed back past :data:`_LEASE_MAX`.
+
+Because a message acknowledged while held is never inserted, the insert trigger never records
+its seq in ``queues.last_seq``: a lease handed back carries its last seq to the writer, which
+writes it to the row (and covers it in its next grant until that commit succeeds). A crash
+loses the leases; the seqs of messages acknowledged while held may then be handed out again,
+which is harmless: a seq orders one queue's messages for the connections of one relay
+process, a crash ends them all, and no row holds such a seq.
 
 Reads use a second connection on a single reader thread. WAL mode lets them run while the
 writer commits, and because a future resolves only after ``COMMIT``, a read issued after an
@@ -161,18 +180,17 @@ class StoreInUse(StoreError):
 #: Seconds a stored message is held in memory before it is written (see "Staging").
 DEFAULT_STAGE_SECONDS: Final = 0.02  # keep in step with RelaySettings.stage_ms
 
-#: Most messages held in memory at once; past this the oldest are written at the next commit.
+#: Most messages held in memory at once; past this the oldest are written at once.
 _STAGE_MAX: Final = 8192
 
-#: Seconds past its due time after which a staged message is written even while the writer
-#: is behind.
-_STAGE_MAX_AGE: Final = 1.0
+#: The longest the hold may stretch to while acknowledgements come late (see "Staging").
+_STAGE_MAX_HOLD: Final = 1.0
 
-#: Accepted puts handed to the event loop at a time while a cycle is still staging.
-_ACCEPT_CHUNK: Final = 256
+#: Past this share of held messages written unacknowledged, the hold stretches.
+_MISS_SHARE: Final = 0.02
 
-#: Queue views the writer keeps (see "Staging"); past this the idle ones are written back.
-_VIEW_MAX: Final = 65_536
+#: Leases the event loop keeps (see "Staging"); past this the idle ones are handed back.
+_LEASE_MAX: Final = 65_536
 
 _Op = Callable[[sqlite3.Connection], Any]
 _STOP: Final = object()
@@ -180,8 +198,8 @@ _STOP: Final = object()
 
 @dataclass(slots=True, eq=False)
 class _Put:
-    """A put on its way through the writer: validated and numbered when staged, written when
-    due, or never written if its ACK arrives first."""
+    """A put on its way: checked and numbered when staged (``ref`` set), written when due,
+    or never written if its ACK arrives first."""
 
     sid: bytes
     mid: bytes
@@ -194,8 +212,41 @@ class _Put:
     accepted: AcceptFn | None
     fut: asyncio.Future[StoredRef]
     ref: StoredRef | None = None
-    due: float = 0.0
-    cycle: int = 0
+    staged_at: float = 0.0
+    order: int = 0  # while waiting for a lease: when it was called (see _granted)
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """The event loop's authority over one queue (see "Staging"): its sender key, the last seq
+    handed out, and the messages it holds (committed, on their way to the writer, or staged),
+    as the writer last reported them plus what the loop has staged and elided since."""
+
+    rid: bytes
+    sid: bytes
+    sender_key: bytes | None
+    last_seq: int
+    granted_seq: int  # last_seq when granted: a lease that gave out no seq needs no write-back
+    count: int
+    nbytes: int
+    staged: int = 0  # of its messages, how many are staged in the loop right now
+
+
+@dataclass(slots=True, eq=False)
+class _Grant:
+    """Writer job: read a queue's row (by sender id) to grant the loop a lease on it."""
+
+    sid: bytes
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    """Writer job: insert staged puts (in order), and record the last seqs of leases handed
+    back (``releases``: recipient id, last seq given out)."""
+
+    puts: list[_Put]
+    releases: list[tuple[bytes, int]]
+    done: int = 0  # puts already answered in the current cycle
 
 
 @dataclass(slots=True, eq=False)
@@ -204,20 +255,14 @@ class _Ack:
     mid: bytes
 
 
-@dataclass(slots=True, eq=False)
-class _View:
-    """The writer's view of a queue that has staged messages: the last seq handed out, the
-    staged messages' count and bytes, and the last_seq the open transaction has written."""
-
-    last_seq: int
-    count: int
-    nbytes: int
-    written_seq: int
-
-
-#: One future's outcome: (future, ok, value or exception, needs the commit). An outcome that
-#: needs the commit becomes StoreUnavailable if the transaction fails.
-_Settle = tuple["asyncio.Future[Any]", bool, Any, bool]
+# What the writer reports to the event loop, in the order it happened, after each commit:
+# (kind, a, b, c, needs the commit). An event that needs the commit is turned into a failure
+# (settle, grant) or dropped (adjust, gone) when the transaction rolls back.
+_SETTLE: Final = 0  # a: future, b: ok, c: value or exception
+_GRANT: Final = 1  # a: sender id, b: (rid, sender key, last seq, count, bytes), None or exception
+_ADJUST: Final = 2  # a: recipient id, b: change in message count, c: change in bytes
+_GONE: Final = 3  # a: recipient id of a deleted queue
+_Event = tuple[int, Any, Any, Any, bool]
 
 
 def _schema_sql(name: str) -> str | None:
@@ -248,17 +293,34 @@ class SQLiteStore:
         self._path = Path(path)
         self._batch_max = batch_max
         self._stage_seconds = stage_seconds
-        # Writer-thread state (see "Staging"): staged puts in staging order, by (queue, id).
+        # Event-loop state (see "Staging"). Leases by sender id and by recipient id; puts
+        # waiting for a lease, by sender id; staged puts in staging order, by (queue, id).
+        self._leases: dict[bytes, _Lease] = {}
+        self._by_rid: dict[bytes, _Lease] = {}
+        self._waiting: dict[bytes, list[_Put]] = {}
+        # Queues revoked while leases were being granted: recipient id -> the order of the
+        # last put called before the first such revocation (see _granted).
+        self._revoked: dict[bytes, int] = {}
+        self._order = 0
         self._staged: OrderedDict[tuple[bytes, bytes], _Put] = OrderedDict()
-        self._views: dict[bytes, _View] = {}
-        self._settle: list[_Settle] = []
-        self._gone: list[bytes] = []  # queues deleted in this cycle: views dropped on commit
-        self._cycles = 0
+        self._timer: asyncio.Handle | None = None
+        self._direct: list[_Put] = []  # checked, not delivered: written at the end of the turn
+        self._direct_handle: asyncio.Handle | None = None
+        # How long delivered messages are held now (see "Staging"), and what the holding
+        # achieved since it was last adjusted: held messages acknowledged in time, the longest
+        # they waited, and held messages written unacknowledged.
+        self._hold = stage_seconds
+        self._hits = 0
+        self._hit_max = 0.0
+        self._misses = 0
+        # Bytes of messages held (written, on their way, or staged), for the store-wide cap.
+        self._held = 0
+        # Writer-thread state: this cycle's events and inserted puts; the last seqs of leases
+        # handed back and not yet written to their queue rows.
+        self._events: list[_Event] = []
+        self._inserted: list[_Put] = []
+        self._floors: dict[bytes, int] = {}
         self._backoff = 0.0
-        # Bytes of messages held, for the store-wide cap: the committed total (None: unknown,
-        # counted again from the queues table when next needed) and the staged total.
-        self._total: int | None = None
-        self._staged_bytes = 0
         self._dead = False  # the writer thread has died
         # Aggregate counts for metrics (counters()).
         self._elided = 0
@@ -275,6 +337,8 @@ class SQLiteStore:
         self._lock_fd: int | None = None
         self._running = False
         self._closed = False
+        self._stopping = False  # close() is handing everything to the writer
+        self._granting: asyncio.Future[None] | None = None  # close() waits for leases
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -296,12 +360,30 @@ class SQLiteStore:
         self._running = True
 
     async def close(self) -> None:
-        """Finish every write already queued, then release files. Idempotent."""
+        """Write every staged message, hand back every lease, finish every write already
+        queued, then release files. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._running = False
         self._watchers.clear()
+        while self._waiting and not self._dead:
+            # Puts already called wait for their leases: let those come back and stage them.
+            self._granting = asyncio.get_running_loop().create_future()
+            await self._granting
+        self._stopping = True
+        for handle in (self._timer, self._direct_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._direct_handle = None
+        if self._writer is not None and (self._staged or self._leases or self._direct):
+            puts = self._direct + list(self._staged.values())
+            self._direct = []
+            self._staged.clear()
+            releases = [_released(lease) for lease in self._leases.values()]
+            self._leases.clear()
+            self._by_rid.clear()
+            self._enqueue(_Write(puts, releases), None)
         if self._reader is not None:
             self._reader.shutdown(wait=False)
             await asyncio.to_thread(self._reader.shutdown, wait=True)
@@ -339,6 +421,9 @@ class SQLiteStore:
             w.execute("PRAGMA journal_size_limit=16777216")
             w.execute("PRAGMA cache_size=-16000")
             self._migrate(w, version)
+            self._held = int(
+                w.execute("SELECT coalesce(sum(msg_bytes), 0) FROM queues").fetchone()[0]
+            )
             r = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
             self._rconn = r
             r.execute("PRAGMA query_only=ON")
@@ -415,39 +500,32 @@ class SQLiteStore:
         self._enqueue(op, fut)
         return fut
 
-    def _enqueue(self, job: object, fut: asyncio.Future[Any]) -> None:
+    def _enqueue(self, job: object, fut: asyncio.Future[Any] | None) -> None:
+        """Hand a job to the writer (on the event loop)."""
         self._ops.put((job, fut))
-        if self._dead and not fut.done():
-            # The writer died after it drained the queue: nobody will take this job.
-            fut.set_exception(StoreUnavailable("store writer stopped"))
+        if self._dead:
+            # The writer died after it drained the queue: nobody will take this job. (If it
+            # did take it, the second answer finds its futures done and its grant taken.)
+            self._apply(_failed_job(job, fut, StoreUnavailable("store writer stopped")))
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
-        jobs: list[tuple[object, asyncio.Future[Any]]] = []
+        jobs: list[tuple[object, asyncio.Future[Any] | None]] = []
         try:
             while True:
-                timeout = None
-                if self._staged:
-                    first = next(iter(self._staged.values()))
-                    timeout = max(0.0, first.due - time.monotonic())
-                try:
-                    item = self._ops.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
+                item = self._ops.get()
                 stop = item is _STOP
-                if item is not None and not stop:
+                if not stop:
                     jobs.append(item)  # type: ignore[arg-type]
-                drained = False
                 while not stop and len(jobs) < self._batch_max:
                     try:
                         item = self._ops.get_nowait()
                     except queue.Empty:
-                        drained = True
                         break
                     if item is _STOP:
                         stop = True
                     else:
                         jobs.append(item)  # type: ignore[arg-type]
-                self._cycle(conn, jobs, flush_all=stop, drained=drained)
+                self._cycle(conn, jobs)
                 jobs = []
                 if stop:
                     with contextlib.suppress(sqlite3.Error):
@@ -465,291 +543,403 @@ class SQLiteStore:
                 if item is not _STOP:
                     jobs.append(item)  # type: ignore[arg-type]
             err = _unavailable(exc)
-            waiting = [fut for _, fut in jobs] + [put.fut for put in self._staged.values()]
-            waiting += [fut for fut, *_ in self._settle]
-            self._staged.clear()
-            self._post(_settle_all, [(fut, False, err, True) for fut in waiting])
+            events = [e for job, fut in jobs for e in _failed_job(job, fut, err)]
+            self._post(events)
             raise
 
     def _cycle(
-        self, conn: sqlite3.Connection, jobs: Sequence[tuple[object, asyncio.Future[Any]]],
-        *, flush_all: bool, drained: bool = True,
+        self, conn: sqlite3.Connection, jobs: Sequence[tuple[object, asyncio.Future[Any] | None]]
     ) -> None:
-        """One transaction: stage or run ``jobs`` in order, write the staged puts that are due,
-        commit, then resolve every future this cycle settled (after the commit)."""
-        if not jobs and not self._due(flush_all) and not (flush_all and self._views):
+        """One transaction: run ``jobs`` in order, write the last seqs of leases handed back,
+        commit, then report every outcome to the event loop (after the commit)."""
+        if not jobs and not self._floors:
             return
-        settle: list[_Settle] = []
-        self._settle = settle
-        self._gone = []
-        self._cycles += 1
-        accepts: list[tuple[AcceptFn, StoredRef]] = []
-        done = 0  # jobs fully handled (each one settled or staged)
+        events: list[_Event] = []
+        self._events = events
+        self._inserted = []
+        floors: list[tuple[bytes, int]] = []
+        done = 0  # jobs fully handled
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut in jobs:
-                if type(op) is _Put:
-                    self._stage(conn, op, fut, accepts)
-                    if len(accepts) >= _ACCEPT_CHUNK:  # let deliveries start during a long cycle
-                        self._post(_accept_all, accepts)
-                        accepts = []
-                elif type(op) is _Ack:
-                    self._ack(conn, op, fut)
+            for job, fut in jobs:
+                jtype = type(job)
+                if jtype is _Write:
+                    self._write_puts(conn, job)  # type: ignore[arg-type]
+                elif jtype is _Ack:
+                    self._ack(conn, job, fut)  # type: ignore[arg-type]
+                elif jtype is _Grant:
+                    self._grant(conn, job)  # type: ignore[arg-type]
                 else:
-                    self._run_op(conn, op, fut)  # type: ignore[arg-type]
+                    self._run_op(conn, job, fut)  # type: ignore[arg-type]
                 done += 1
-            if accepts:
-                # Staged messages may be pushed to their subscribers now, before the commit.
-                self._post(_accept_all, accepts)
-                accepts = []
-            self._flush(conn, flush_all, drained)
-            synced = self._sync_views(conn, flush_all)
+            floors = self._write_floors(conn)
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 -- SQLite failed (or a bug): fail the cycle, not the writer
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             err = _unavailable(exc)
-            # Everything that needed this transaction fails; so does every job not yet handled.
-            # Puts staged earlier in the cycle stay staged: nothing of them was written.
-            settle[:] = [
-                (f, False, err, True) if durable else (f, ok, v, durable)
-                for f, ok, v, durable in settle
-            ]
-            settle.extend((fut, False, err, True) for _, fut in jobs[done:])
-            # Staged puts that are due would have been written in this cycle: they fail with
-            # it, now, rather than one per retry while the database keeps failing.
-            now = time.monotonic()
-            for key in [k for k, put in self._staged.items() if put.due <= now]:
-                failed = self._unstage(key)
-                if failed is not None:
-                    settle.append((failed.fut, False, err, True))
-            if accepts:
-                self._post(_accept_all, accepts)
-            for view in self._views.values():
-                view.written_seq = -1  # unknown after a rollback: written again next time
-            self._total = None
+            # What needed this transaction fails (settles, grants) or never happened (adjusts,
+            # deletions); so does every job not yet handled. Refusals stand.
+            kept: list[_Event] = []
+            for event in events:
+                if not event[4]:
+                    kept.append(event)
+                elif event[0] == _SETTLE:
+                    kept.append((_SETTLE, event[1], False, err, True))
+                elif event[0] == _GRANT:
+                    kept.append((_GRANT, event[1], err, None, True))
+            for put in self._inserted:  # answered with err just above: no longer held
+                kept.append(_dropped(put))
+            for job, fut in jobs[done:]:
+                kept += _failed_job(job, fut, err)
+            events = kept
             self._backoff = min(1.0, max(0.05, self._backoff * 2))
         else:
-            for rid in synced + self._gone:
-                self._views.pop(rid, None)
+            for rid, seq in floors:
+                if self._floors.get(rid) == seq:
+                    del self._floors[rid]
             self._backoff = 0.0
-        if settle:
-            self._post(_settle_all, settle)
+        self._inserted = []
+        if events:
+            self._post(events)
         if self._backoff:
             time.sleep(self._backoff)  # the database is failing: do not spin on it
 
-    def _due(self, flush_all: bool) -> bool:
-        if not self._staged:
-            return False
-        if flush_all or len(self._staged) > _STAGE_MAX:
-            return True
-        return next(iter(self._staged.values())).due <= time.monotonic()
-
-    def _post(self, fn: Callable[[list[Any]], None], items: list[Any]) -> None:
+    def _post(self, events: list[_Event]) -> None:
         loop = self._loop
-        if loop is not None:
+        if loop is not None and events:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(fn, items)
+                loop.call_soon_threadsafe(self._apply, events)
 
     def _run_op(self, conn: sqlite3.Connection, op: _Op, fut: asyncio.Future[Any]) -> None:
-        """Run one ordinary op inside a savepoint, so an op that fails undoes only itself."""
+        """Run one ordinary op inside a savepoint, so an op that fails undoes only itself
+        (and the events it reported)."""
+        events = self._events
+        mark = len(events)
         conn.execute("SAVEPOINT op")
         try:
             value = op(conn)
         except StoreError as exc:  # refused before writing: the batch goes on
             conn.execute("RELEASE op")
-            self._settle.append((fut, False, exc, False))
+            del events[mark:]
+            events.append((_SETTLE, fut, False, exc, False))
         except sqlite3.OperationalError:
             raise  # the database itself is failing: the whole cycle fails
         except Exception as exc:  # noqa: BLE001 -- a bug in one op must not sink the others
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            self._total = None  # the op may have counted a change it then undid
-            self._settle.append((fut, False, exc, False))
+            del events[mark:]
+            events.append((_SETTLE, fut, False, exc, False))
         else:
             conn.execute("RELEASE op")
-            self._settle.append((fut, True, value, True))
+            events.append((_SETTLE, fut, True, value, True))
 
-    # ------------------------------------------------------------------ staging
-
-    def _stage(
-        self,
-        conn: sqlite3.Connection,
-        put: _Put,
-        fut: asyncio.Future[Any],
-        accepts: list[tuple[AcceptFn, StoredRef]],
-    ) -> None:
-        """Check a put against its queue (as the insert would) and give it the next seq; it
-        is written when due. A refusal is settled at once and nothing is staged."""
-        put.fut = fut
+    def _grant(self, conn: sqlite3.Connection, job: _Grant) -> None:
         row = conn.execute(
             "SELECT recipient_id, sender_key, last_seq, msg_count, msg_bytes"
             " FROM queues WHERE sender_id = ?",
-            (put.sid,),
+            (job.sid,),
         ).fetchone()
-        refusal: StoreError | None = None
-        if row is None:
-            refusal = NoQueue("no such queue")
-        else:
-            rid, skey, last_seq, count, nbytes = bytes(row[0]), row[1], row[2], row[3], row[4]
-            view = self._views.get(rid)
-            if view is not None:
-                last_seq, count, nbytes = view.last_seq, count + view.count, nbytes + view.nbytes
-            size = len(put.body)
-            if skey is not None and put.sender_key != bytes(skey):
-                refusal = NotAuthorized("queue is secured")
-            elif count + 1 > put.max_messages or nbytes + size > put.max_bytes:
-                refusal = QuotaExceeded("queue is full")
-            elif put.max_store_bytes and (
-                self._committed_bytes(conn) + self._staged_bytes + size > put.max_store_bytes
-            ):
-                refusal = QuotaExceeded("relay store is full")
-            elif (rid, put.mid) in self._staged:
-                # (An id already written is refused by the insert's UNIQUE constraint.)
-                refusal = DuplicateId("message id already in this queue")
-        if refusal is not None:
-            self._settle.append((fut, False, refusal, False))
-            return
-        if view is None:
-            view = self._views[rid] = _View(last_seq, 0, 0, last_seq)
-        view.last_seq = seq = last_seq + 1
-        view.count += 1
-        view.nbytes += size
-        self._staged_bytes += size
-        put.ref = StoredRef(rid, seq, put.now)
-        put.due = time.monotonic() + self._stage_seconds
-        put.cycle = self._cycles
-        self._staged[(rid, put.mid)] = put
-        if put.accepted is not None:
-            accepts.append((put.accepted, put.ref))
-
-    def _unstage(self, key: tuple[bytes, bytes]) -> _Put | None:
-        put = self._staged.pop(key, None)
-        if put is not None:
-            view = self._views[key[0]]
-            view.count -= 1
-            view.nbytes -= len(put.body)
-            self._staged_bytes -= len(put.body)
-        return put
-
-    def _committed_bytes(self, conn: sqlite3.Connection) -> int:
-        if self._total is None:
-            self._total = int(
-                conn.execute("SELECT coalesce(sum(msg_bytes), 0) FROM queues").fetchone()[0]
-            )
-        return self._total
-
-    def _count_bytes(self, delta: int) -> None:
-        if self._total is not None:
-            self._total += delta
-
-    def _ack(self, conn: sqlite3.Connection, ack: _Ack, fut: asyncio.Future[Any]) -> None:
-        put = self._unstage((ack.rid, ack.mid))
-        if put is not None:
-            # Acknowledged before it was written: it never will be. The sender's put is done
-            # (its message was delivered and acknowledged), and so is this ACK.
-            self._settle.append((put.fut, True, put.ref, False))
-            self._settle.append((fut, True, True, False))
-            self._elided += 1
-            return
-        row = conn.execute(
-            "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ? RETURNING length(body)",
-            (ack.rid, ack.mid),
-        ).fetchone()
+        grant: tuple[bytes, bytes | None, int, int, int] | None = None
         if row is not None:
-            self._count_bytes(-row[0])
-            self._settle.append((fut, True, True, True))
-        elif not _exists(conn, ack.rid):
-            self._settle.append((fut, False, NoQueue("no such queue"), False))
-        else:
-            self._settle.append((fut, True, False, True))
+            rid, skey = bytes(row[0]), None if row[1] is None else bytes(row[1])
+            # A lease handed back in a cycle that failed gave out seqs its row does not show.
+            grant = (rid, skey, max(row[2], self._floors.get(rid, 0)), row[3], row[4])
+        self._events.append((_GRANT, job.sid, grant, None, True))
 
-    def _drop_staged_queue(self, rid: bytes) -> None:
-        """The queue is being deleted: its staged messages go with it (their puts succeeded,
-        as if written and then deleted with the queue)."""
-        for key in [k for k in self._staged if k[0] == rid]:
-            put = self._unstage(key)
-            if put is not None:
-                self._settle.append((put.fut, True, put.ref, True))
-        self._gone.append(rid)  # the view goes after the commit: a rollback keeps the queue
-
-    def _flush(self, conn: sqlite3.Connection, flush_all: bool, drained: bool) -> None:
-        """Write the staged puts that are due (all of them when stopping), oldest first.
-
-        Due means: held for ``stage_seconds``, staged in an earlier cycle (however long this
-        one took, the recipient cannot have acknowledged a message before it was offered for
-        delivery), and every job queued before this cycle began has been taken (``drained``:
-        an ACK for it may still be waiting in the queue otherwise). When the writer is behind,
-        staged messages therefore wait, more of them are acknowledged first, and the writer
-        catches up; :data:`_STAGE_MAX` and :data:`_STAGE_MAX_AGE` bound the wait."""
-        now = time.monotonic()
-        staged = self._staged
-        cycle = self._cycles
-        while staged:
-            rid, mid = key = next(iter(staged))
-            put = staged[key]
-            if not (
-                flush_all
-                or len(staged) > _STAGE_MAX
-                or put.due + _STAGE_MAX_AGE <= now
-                or (drained and put.due <= now and put.cycle != cycle)
-            ):
-                return
-            self._unstage(key)
-            ref = put.ref
-            assert ref is not None  # noqa: S101 -- set when staged
+    def _write_puts(self, conn: sqlite3.Connection, job: _Write) -> None:
+        """Insert staged puts in order. All at once when nothing goes wrong; otherwise one by
+        one, so that a refused put (its queue deleted meanwhile, an id already written, a
+        value SQLite cannot bind) fails alone."""
+        for rid, seq in job.releases:
+            self._floors[rid] = max(seq, self._floors.get(rid, 0))
+        puts = job.puts
+        if not puts:
+            return
+        events = self._events
+        if job.done == 0:
+            conn.execute("SAVEPOINT w")
             try:
-                conn.execute(
-                    "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (rid, ref.seq, mid, put.now, put.body),
-                )
+                conn.executemany(_INSERT_SQL, [_row(put) for put in puts])
+            except sqlite3.OperationalError:
+                raise  # the database itself is failing: the whole cycle fails
+            except Exception:  # noqa: BLE001 -- one put is at fault: find it below
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+            else:
+                conn.execute("RELEASE w")
+                for put in puts:
+                    events.append((_SETTLE, put.fut, True, put.ref, True))
+                self._inserted += puts
+                self._written += len(puts)
+                job.done = len(puts)
+                return
+        for i in range(job.done, len(puts)):
+            put = puts[i]
+            try:
+                conn.execute(_INSERT_SQL, _row(put))
             except sqlite3.IntegrityError as exc:
                 # The queue went (deleted or expired after the put was staged), or an id
                 # collided: this put fails; nothing was written.
-                err: StoreError = (
+                err: Exception = (
                     DuplicateId("message id already in this queue")
                     if "msg_id" in str(exc)
                     else NoQueue("no such queue")
                 )
-                self._settle.append((put.fut, False, err, False))
-                continue
-            except sqlite3.Error as exc:
-                # The database is failing (disk full, I/O): this put fails with the cycle.
-                self._settle.append((put.fut, False, _unavailable(exc), True))
-                raise
+                events += [(_SETTLE, put.fut, False, err, False), _dropped(put)]
+            except sqlite3.Error:
+                raise  # the database is failing (disk full, I/O): the whole cycle fails
             except Exception as exc:  # noqa: BLE001 -- a value SQLite cannot bind: this put only
-                self._settle.append((put.fut, False, exc, False))
-                continue
-            self._views[rid].written_seq = ref.seq
-            self._written += 1
-            self._count_bytes(len(put.body))
-            self._settle.append((put.fut, True, ref, True))
+                events += [(_SETTLE, put.fut, False, exc, False), _dropped(put)]
+            else:
+                events.append((_SETTLE, put.fut, True, put.ref, True))
+                self._inserted.append(put)
+                self._written += 1
+            job.done = i + 1
 
-    def _sync_views(self, conn: sqlite3.Connection, flush_all: bool) -> list[bytes]:
-        """Write back the views of queues with nothing staged, when there are too many of
-        them or the store is closing: ``queues.last_seq`` must cover every seq handed out,
-        because a message acknowledged while staged is never inserted. Returns those queues;
-        their views are dropped after the commit.
+    def _ack(self, conn: sqlite3.Connection, ack: _Ack, fut: asyncio.Future[Any]) -> None:
+        row = conn.execute(
+            "DELETE FROM messages WHERE recipient_id = ? AND msg_id = ? RETURNING length(body)",
+            (ack.rid, ack.mid),
+        ).fetchone()
+        events = self._events
+        if row is not None:
+            events.append((_ADJUST, ack.rid, -1, -row[0], True))
+            events.append((_SETTLE, fut, True, True, True))
+        elif not _exists(conn, ack.rid):
+            events.append((_SETTLE, fut, False, NoQueue("no such queue"), False))
+        else:
+            events.append((_SETTLE, fut, True, False, True))
 
-        Until then the view is the authority for the queue's last seq, so an idle view costs
-        no write per message. A crash loses the views, and seqs of messages acknowledged
-        while staged may then be handed out again: harmless, because a seq orders one
-        queue's messages for the connections of one relay process, and a crash ends them
-        all (no row and no subscription holds such a seq)."""
-        if not flush_all and len(self._views) <= _VIEW_MAX:
-            return []
-        done = [rid for rid, view in self._views.items() if view.count == 0]
-        for rid in done:
-            view = self._views[rid]
-            if view.written_seq != view.last_seq:
-                conn.execute(
-                    "UPDATE queues SET last_seq = ? WHERE recipient_id = ? AND last_seq < ?",
-                    (view.last_seq, rid, view.last_seq),
-                )
-                view.written_seq = view.last_seq
-        return done
+    def _write_floors(self, conn: sqlite3.Connection) -> list[tuple[bytes, int]]:
+        """Record in their queue rows the last seqs of leases handed back. A message
+        acknowledged while staged is never inserted, so the row's last_seq does not cover its
+        seq; a seq handed out twice would make the relay skip a message. Until the commit
+        (and after a failed one) ``_floors`` covers them for the next grant.
+
+        A crash loses what was not yet written, and seqs of messages acknowledged while
+        staged may then be handed out again: harmless, because a seq orders one queue's
+        messages for the connections of one relay process, and a crash ends them all (no
+        row and no subscription holds such a seq)."""
+        items = list(self._floors.items())
+        if items:
+            conn.executemany(
+                "UPDATE queues SET last_seq = ? WHERE recipient_id = ? AND last_seq < ?",
+                [(seq, rid, seq) for rid, seq in items],
+            )
+        return items
+
+    def _report(self, event: _Event) -> None:
+        """For ops (writer thread): report an event with this op's outcome."""
+        self._events.append(event)
+
+    # ------------------------------------------------------------------ staging (event loop)
+
+    def _apply(self, events: list[_Event]) -> None:
+        """Carry out the writer's report (on the event loop), in the order it happened."""
+        for kind, a, b, c, _ in events:
+            if kind == _SETTLE:
+                if a.done():  # the caller was cancelled; the job still ran (or not) as reported
+                    continue
+                if b:
+                    a.set_result(c)
+                else:
+                    a.set_exception(c)
+            elif kind == _ADJUST:
+                self._held += c
+                lease = self._by_rid.get(a)
+                if lease is not None:
+                    lease.count += b
+                    lease.nbytes += c
+            elif kind == _GRANT:
+                self._granted(a, b)
+            else:  # _GONE: the queue was deleted; its staged messages fail when written
+                lease = self._by_rid.pop(a, None)
+                if lease is not None:
+                    del self._leases[lease.sid]
+
+    def _granted(self, sid: bytes, grant: object) -> None:
+        """The writer read the queue for a lease: stage the puts that waited for it."""
+        puts = self._waiting.pop(sid, None)
+        if puts is None:
+            return
+        revoked = self._revoked
+        if not self._waiting:
+            self._revoked = {}
+            if self._granting is not None and not self._granting.done():
+                self._granting.set_result(None)
+        refusal: Exception | None = None
+        if isinstance(grant, Exception):
+            refusal = grant
+        elif grant is None:
+            refusal = NoQueue("no such queue")
+        elif self._stopping:
+            refusal = StoreUnavailable("store is closing")
+        if refusal is not None:
+            for put in puts:
+                _fail(put.fut, refusal)
+            return
+        assert isinstance(grant, tuple)  # noqa: S101 -- _grant reports nothing else
+        rid, skey, last_seq, count, nbytes = grant
+        lease = _Lease(rid, sid, skey, last_seq, last_seq, count, nbytes)
+        self._leases[sid] = self._by_rid[rid] = lease
+        cut = revoked.get(rid)
+        if cut is None:
+            for put in puts:
+                self._stage(lease, put)
+        else:
+            # The queue was secured or deleted after this grant was asked for, so the writer
+            # read it before the change. That read is right for the puts called before the
+            # change: they are staged, and handed to the writer at once (behind the change).
+            # The later ones ask again; the new read comes after the change.
+            for put in puts:
+                if put.order <= cut:
+                    self._stage(lease, put)
+            self._revoke(rid, record=False)
+            later = [put for put in puts if put.order > cut]
+            if later:
+                self._request(sid, later)
+        if len(self._leases) > _LEASE_MAX:
+            self._evict()
+
+    def _request(self, sid: bytes, puts: list[_Put]) -> None:
+        self._waiting[sid] = puts
+        self._enqueue(_Grant(sid), None)
+
+    def _stage(self, lease: _Lease, put: _Put) -> None:
+        """Check a put against its queue (as the insert would), give it the next seq, and hold
+        it until it is due; a refusal fails the put at once and stages nothing."""
+        size = len(put.body)
+        rid = lease.rid
+        key = (rid, put.mid)
+        refusal: StoreError | None = None
+        if lease.sender_key is not None and put.sender_key != lease.sender_key:
+            refusal = NotAuthorized("queue is secured")
+        elif lease.count + 1 > put.max_messages or lease.nbytes + size > put.max_bytes:
+            refusal = QuotaExceeded("queue is full")
+        elif put.max_store_bytes and self._held + size > put.max_store_bytes:
+            refusal = QuotaExceeded("relay store is full")
+        elif key in self._staged:
+            # (An id already written is refused by the insert's UNIQUE constraint.)
+            refusal = DuplicateId("message id already in this queue")
+        if refusal is not None:
+            _fail(put.fut, refusal)
+            return
+        lease.last_seq = seq = lease.last_seq + 1
+        lease.count += 1
+        lease.nbytes += size
+        self._held += size
+        put.ref = ref = StoredRef(rid, seq, put.now)
+        delivered = False
+        if put.accepted is not None:
+            try:
+                delivered = bool(put.accepted(ref))
+            except Exception:
+                log.exception("accept callback failed")
+        loop = self._loop
+        assert loop is not None  # noqa: S101 -- set whenever the store is running
+        if not (delivered and self._stage_seconds) and not lease.staged:
+            # Nobody has it, so no ACK can come for it: write it now (at the end of this
+            # turn, with the others). Held messages of its queue would have to go first.
+            self._direct.append(put)
+            if self._direct_handle is None:
+                self._direct_handle = loop.call_soon(self._write_direct)
+            return
+        lease.staged += 1
+        put.staged_at = now = loop.time()
+        staged = self._staged
+        staged[key] = put
+        if self._timer is None:
+            self._timer = loop.call_at(now + self._hold, self._flush)
+        elif len(staged) > _STAGE_MAX and isinstance(self._timer, asyncio.TimerHandle):
+            self._timer.cancel()
+            self._timer = loop.call_soon(self._flush)
+
+    def _write_direct(self) -> None:
+        if self._direct_handle is not None:
+            self._direct_handle.cancel()
+            self._direct_handle = None
+        puts, self._direct = self._direct, []
+        if puts:
+            self._enqueue(_Write(puts, []), None)
+
+    def _flush(self) -> None:
+        """Hand the held puts that are due (and the oldest past :data:`_STAGE_MAX`) to the
+        writer, oldest first, so each queue's messages are written in seq order; then adjust
+        the hold."""
+        self._timer = None
+        loop = self._loop
+        if loop is None or not self._running:
+            return
+        self._adjust_hold()
+        now = loop.time()
+        cutoff = now - self._hold
+        staged = self._staged
+        over = len(staged) - _STAGE_MAX
+        batch: list[_Put] = []
+        while staged:
+            key, put = staged.popitem(last=False)
+            if put.staged_at > cutoff and over <= 0:
+                staged[key] = put
+                staged.move_to_end(key, last=False)
+                break
+            over -= 1
+            lease = self._by_rid.get(key[0])
+            if lease is not None:
+                lease.staged -= 1
+            batch.append(put)
+        if batch:
+            self._misses += len(batch)
+            self._enqueue(_Write(batch, []), None)
+        if staged:
+            first = next(iter(staged.values()))
+            self._timer = loop.call_at(first.staged_at + self._hold, self._flush)
+
+    def _adjust_hold(self) -> None:
+        """Fit the hold to how late ACKs come. A relay under load reads ACKs late (in a
+        saturated run, a third of a second after the push): when more than
+        :data:`_MISS_SHARE` of held messages were written unacknowledged, hold four times as
+        long (up to :data:`_STAGE_MAX_HOLD`); otherwise come down to twice the longest wait
+        an ACK took (never below ``stage_seconds``). A message nobody was sent is never held,
+        so recipients that are offline do not stretch it."""
+        hits, misses = self._hits, self._misses
+        if hits + misses < 16:
+            return
+        if misses > _MISS_SHARE * (hits + misses):
+            grown = max(self._hold * 4, 4 * self._hit_max, 0.005)
+            self._hold = min(_STAGE_MAX_HOLD, grown)
+        else:
+            self._hold = max(self._stage_seconds, min(self._hold, 2 * self._hit_max))
+        self._hits = self._misses = 0
+        self._hit_max = 0.0
+
+    def _revoke(self, rid: bytes, *, record: bool = True) -> None:
+        """A command is about to change the queue (KEY, DEL): the loop gives up its lease, and
+        the queue's staged messages go to the writer ahead of the command, as they came
+        before it. The next put asks for a new lease, read after the change."""
+        if record and self._waiting:
+            self._revoked.setdefault(rid, self._order)
+        lease = self._by_rid.pop(rid, None)
+        if lease is None:
+            return
+        del self._leases[lease.sid]
+        # Messages of the queue that nobody was sent have lower seqs than its held ones and
+        # must reach the writer first (each queue is written in seq order).
+        self._write_direct()
+        keys = [key for key in self._staged if key[0] == rid] if lease.staged else []
+        puts = [self._staged.pop(key) for key in keys]
+        self._enqueue(_Write(puts, [_released(lease)]), None)
+
+    def _evict(self) -> None:
+        """Too many leases: hand back those with nothing staged."""
+        idle = [lease for lease in self._leases.values() if lease.staged == 0]
+        for lease in idle:
+            del self._leases[lease.sid]
+            del self._by_rid[lease.rid]
+        releases = [_released(lease) for lease in idle if lease.last_seq > lease.granted_seq]
+        if releases:
+            self._enqueue(_Write([], releases), None)
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._submit(op)
@@ -814,6 +1004,8 @@ class SQLiteStore:
             elif bytes(row[0]) != key:
                 raise AlreadySecured("queue already has another sender key")
 
+        self._live()
+        self._revoke(rid)  # in the same step as the op is queued: no put can slip between
         await self._write(op)
 
     async def delete_queue(self, recipient_id: bytes) -> None:
@@ -821,14 +1013,22 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> None:
             row = conn.execute(
-                "DELETE FROM queues WHERE recipient_id = ? RETURNING msg_bytes", (rid,)
+                "DELETE FROM queues WHERE recipient_id = ? RETURNING msg_count, msg_bytes", (rid,)
             ).fetchone()
             if row is None:
                 raise NoQueue("no such queue")
-            self._count_bytes(-row[0])
-            self._drop_staged_queue(rid)
+            # Its messages went with it, including those just handed over by _revoke.
+            self._report((_ADJUST, rid, -row[0], -row[1], True))
+            self._report((_GONE, rid, None, None, True))
 
+        self._live()
+        self._revoke(rid)
         await self._write(op)
+
+    def _live(self) -> asyncio.AbstractEventLoop:
+        if not self._running or self._loop is None:
+            raise StoreUnavailable("store is not running")
+        return self._loop
 
     # ------------------------------------------------------------------ messages
 
@@ -846,13 +1046,20 @@ class SQLiteStore:
         sid = check_id("sender_id", sender_id)
         mid = check_id("msg_id", msg_id)
         data = check_body(body)
-        if not self._running or self._loop is None:
-            raise StoreUnavailable("store is not running")
-        fut: asyncio.Future[StoredRef] = self._loop.create_future()
+        fut: asyncio.Future[StoredRef] = self._live().create_future()
         put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes,
                    limits.max_store_bytes, sender_key, accepted, fut)
-        self._enqueue(put, fut)
         fut.add_done_callback(self._put_done)
+        lease = self._leases.get(sid)
+        if lease is not None:
+            self._stage(lease, put)
+        else:
+            self._order = put.order = self._order + 1
+            waiting = self._waiting.get(sid)
+            if waiting is not None:
+                waiting.append(put)  # behind the puts already waiting for this lease
+            else:
+                self._request(sid, [put])
         return fut
 
     def _put_done(self, fut: asyncio.Future[StoredRef]) -> None:
@@ -896,10 +1103,29 @@ class SQLiteStore:
     def ack(self, recipient_id: bytes, msg_id: bytes) -> asyncio.Future[bool]:
         rid = check_id("recipient_id", recipient_id)
         mid = check_id("msg_id", msg_id)
-        if not self._running or self._loop is None:
-            raise StoreUnavailable("store is not running")
-        fut: asyncio.Future[bool] = self._loop.create_future()
-        self._enqueue(_Ack(rid, mid), fut)
+        fut: asyncio.Future[bool] = self._live().create_future()
+        put = self._staged.pop((rid, mid), None)
+        if put is None:
+            self._enqueue(_Ack(rid, mid), fut)
+            return fut
+        # Acknowledged before it was written: it never will be. The sender's put is done (its
+        # message was delivered and acknowledged), and so is this ACK.
+        size = len(put.body)
+        self._held -= size
+        lease = self._by_rid.get(rid)
+        if lease is not None:
+            lease.count -= 1
+            lease.nbytes -= size
+            lease.staged -= 1
+        self._elided += 1
+        self._hits += 1
+        loop = self._loop
+        assert loop is not None  # noqa: S101 -- set whenever the store is running
+        waited = loop.time() - put.staged_at
+        self._hit_max = max(self._hit_max, waited)
+        if not put.fut.done():
+            put.fut.set_result(put.ref)  # type: ignore[arg-type]  # set when staged
+        fut.set_result(True)
         return fut
 
     async def expire(self, now: int, limits: Limits) -> int:
@@ -907,14 +1133,15 @@ class SQLiteStore:
         cutoff = expiry_cutoff(now, limits)
 
         def op(conn: sqlite3.Connection) -> int:
-            sizes = conn.execute(
+            rows = conn.execute(
                 "DELETE FROM messages WHERE (recipient_id, seq) IN"
                 " (SELECT recipient_id, seq FROM messages WHERE received_at < ? LIMIT ?)"
-                " RETURNING length(body)",
+                " RETURNING recipient_id, length(body)",
                 (cutoff, _EXPIRE_CHUNK),
             ).fetchall()
-            self._count_bytes(-sum(n for (n,) in sizes))
-            return len(sizes)
+            for rid, size in rows:
+                self._report((_ADJUST, bytes(rid), -1, -size, True))
+            return len(rows)
 
         total = 0
         while True:
@@ -943,14 +1170,16 @@ class SQLiteStore:
         cutoff = idle_cutoff(now, limits)
 
         def op(conn: sqlite3.Connection) -> int:
-            sizes = conn.execute(
+            rows = conn.execute(
                 "DELETE FROM queues WHERE recipient_id IN"
                 " (SELECT recipient_id FROM queues WHERE last_used <= ? LIMIT ?)"
-                " RETURNING msg_bytes",
+                " RETURNING recipient_id, msg_count, msg_bytes",
                 (cutoff, _IDLE_CHUNK),
             ).fetchall()
-            self._count_bytes(-sum(n for (n,) in sizes))
-            return len(sizes)
+            for rid, count, nbytes in rows:
+                self._report((_ADJUST, bytes(rid), -count, -nbytes, True))
+                self._report((_GONE, bytes(rid), None, None, True))
+            return len(rows)
 
         total = 0
         while True:
@@ -987,22 +1216,42 @@ class SQLiteStore:
         return await self._read(op)
 
 
-def _settle_all(settle: list[_Settle]) -> None:
-    for fut, ok, value, _ in settle:
-        if fut.done():  # the caller was cancelled; the op still ran (or not) as committed
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+_INSERT_SQL: Final = (
+    "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body) VALUES (?, ?, ?, ?, ?)"
+)
 
 
-def _accept_all(accepts: list[tuple[AcceptFn, StoredRef]]) -> None:
-    for accepted, ref in accepts:
-        try:
-            accepted(ref)
-        except Exception:
-            log.exception("accept callback failed")
+def _row(put: _Put) -> tuple[bytes, int, bytes, int, bytes]:
+    ref = put.ref
+    assert ref is not None  # noqa: S101 -- set when staged; only staged puts are written
+    return (ref.recipient_id, ref.seq, put.mid, put.now, put.body)
+
+
+def _dropped(put: _Put) -> _Event:
+    """The event for a staged put that will not be written after all (it failed): its queue
+    and the store hold it no longer."""
+    ref = put.ref
+    assert ref is not None  # noqa: S101 -- set when staged
+    return (_ADJUST, ref.recipient_id, -1, -len(put.body), False)
+
+
+def _released(lease: _Lease) -> tuple[bytes, int]:
+    return (lease.rid, lease.last_seq)
+
+
+def _failed_job(job: object, fut: asyncio.Future[Any] | None, err: Exception) -> list[_Event]:
+    """The events that answer a job nobody will run (the writer failed) with ``err``."""
+    if type(job) is _Write:
+        puts, job.done = job.puts[job.done :], len(job.puts)
+        return [e for put in puts for e in ((_SETTLE, put.fut, False, err, True), _dropped(put))]
+    if type(job) is _Grant:
+        return [(_GRANT, job.sid, err, None, True)]
+    return [] if fut is None else [(_SETTLE, fut, False, err, True)]
+
+
+def _fail(fut: asyncio.Future[Any], exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 def _exists(conn: sqlite3.Connection, rid: bytes) -> bool:
