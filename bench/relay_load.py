@@ -91,7 +91,7 @@ _QID_LEN: Final = 16
 
 _HDR = struct.Struct(">BBI")
 _SEND_TYPE: Final = int(p.FrameType.SEND)
-_ACK_TYPE: Final = int(p.FrameType.ACK)
+_ACK_TYPE: Final = int(p.FrameType.QACK)  # as the kith client acknowledges: no OK back
 _MSG_TYPE: Final = int(p.FrameType.MSG)
 _OK_TYPE: Final = int(p.FrameType.OK)
 _ERR_TYPE: Final = int(p.FrameType.ERR)

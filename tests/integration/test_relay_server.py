@@ -377,3 +377,46 @@ async def test_a_refused_connection_cannot_slip_a_command_in_behind_its_upgrade(
             assert server.counters.values["frames_in"] == frames_before  # never parsed
     finally:
         await server.stop()
+
+
+async def test_a_quiet_ack_deletes_without_an_answer_and_a_failed_one_is_answered(
+    tmp_path: Any,
+) -> None:
+    """QACK over a real socket, against the SQLite store: the message is gone (held and never
+    written, or deleted), no OK comes back, and a QACK that fails is answered with ERR."""
+    cfg = ServerConfig(port=0, relay=RelayConfig(block_size=BLOCK, window=4))
+    async with RelayServer(SQLiteStore(tmp_path / "relay.db"), cfg) as relay, \
+            await RelayClient.connect(url(relay)) as bob, \
+            connect(url(relay), compression=None) as ws:
+        hello = p.decode_reply(await ws.recv())  # type: ignore[arg-type]
+        assert isinstance(hello, p.Hello)
+        key = SigningKey.generate()
+        await ws.send(p.encode(p.New(1, key.public_key)))
+        ids = p.decode_reply(await ws.recv(), BLOCK)  # type: ignore[arg-type]
+        assert isinstance(ids, p.Ids)
+        rid = ids.recipient_id
+        sig = key.sign(p.auth_payload(p.FrameType.SUB, hello.challenge, rid))
+        await ws.send(p.encode(p.Sub(2, rid, sig)))
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Ok(2)  # type: ignore[arg-type]
+        sends = asyncio.gather(*(bob.send(ids.sender_id, block(i)) for i in range(8)))
+        for i in range(8):
+            m = p.decode_reply(await ws.recv(), BLOCK)  # type: ignore[arg-type]
+            assert isinstance(m, p.Msg) and m.body == block(i)  # never an OK in between
+            await ws.send(p.encode(p.Ack(10 + i, rid, m.msg_id, quiet=True)))
+        await asyncio.wait_for(sends, 5)  # every SEND answered: acknowledged or committed
+        await ws.send(p.encode(p.Ack(30, rid, b"\x07" * 16, quiet=True)))  # never delivered
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Err(  # type: ignore[arg-type]
+            30, p.ErrorCode.NO_MESSAGE
+        )
+        await ws.send(p.encode(p.Ping(31)))
+        assert p.decode_reply(await ws.recv(), BLOCK) == p.Pong(31)  # type: ignore[arg-type]
+        for _ in range(500):  # the deletions of written messages may still be under way
+            if relay.counters.values.get("messages_acked", 0) >= 8:
+                break
+            await asyncio.sleep(0.01)
+        assert relay.counters.values["messages_acked"] == 8
+    async with RelayServer(SQLiteStore(tmp_path / "relay.db"), cfg) as relay, \
+            await RelayClient.connect(url(relay)) as alice:
+        await alice.subscribe(rid, key)
+        with pytest.raises(TimeoutError):  # acknowledged means deleted, across a restart
+            await alice.next_message(timeout=0.3)

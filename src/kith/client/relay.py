@@ -164,10 +164,23 @@ class RelayClient:
             raise ValueError(f"body must be exactly {self.block_size} bytes")
         await self._call(lambda c: p.Send(c, sender_id, body), p.Ok)
 
-    async def ack(self, recipient_id: bytes, msg_id: bytes) -> None:
+    async def ack(self, recipient_id: bytes, msg_id: bytes, *, quiet: bool = False) -> None:
+        """Acknowledge a pushed message. ``quiet``: send a QACK and return once it is sent;
+        the relay answers only a failure, which is then dropped like a late reply (the
+        message simply comes again, and the caller drops the duplicate)."""
         if self._unacked.get(recipient_id, 0) > 0:
             self._unacked[recipient_id] -= 1  # the relay may refill the window at once
-        await self._call(lambda c: p.Ack(c, recipient_id, msg_id), p.Ok)
+        if not quiet:
+            await self._call(lambda c: p.Ack(c, recipient_id, msg_id), p.Ok)
+            return
+        if self._failure is not None:
+            raise self._failure
+        corr = next(self._corr) & 0xFFFFFFFF
+        self._last_corr = corr
+        try:
+            await self._ws.send(p.encode(p.Ack(corr, recipient_id, msg_id, quiet=True)))
+        except ConnectionClosed as exc:
+            raise RelayUnreachable("connection to relay lost") from exc
 
     async def delete_queue(self, recipient_id: bytes, recipient_key: SigningKey) -> None:
         payload = p.auth_payload(p.FrameType.DEL, self.hello.challenge, recipient_id)

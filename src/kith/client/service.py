@@ -1413,17 +1413,19 @@ class ClientService:
 
     async def _ack(self, url: str, msg: rp.Msg) -> None:
         """Acknowledge a message already handled (stored, or deliberately dropped), without
-        waiting for the relay's answer: the next pushed message is handled meanwhile, so a
-        backlog drains at the relay's pace, not one round trip per message (over Tor, about
-        a second each). Pending ACKs count as activity, so a one-shot sync waits for them,
-        and it lets them finish before it closes the connections."""
+        waiting for the relay: the next pushed message is handled meanwhile, so a backlog
+        drains at the relay's pace, not one round trip per message (over Tor, about a second
+        each). The ACK is quiet (QACK): the relay answers only a failure, and a failed ACK
+        only means the message comes again, which the replay window drops. Pending ACKs
+        count as activity, so a one-shot sync waits for them to be sent, and it lets them
+        finish before it closes the connections (the relay reads them before the close)."""
         if self._locked:
             return  # redelivered next time; the replay window drops it then
         pool = self._pool  # the connection the message came on, not a later pool
 
         async def send() -> None:
             try:
-                await pool.ack(url, msg.recipient_id, msg.msg_id)
+                await pool.ack(url, msg.recipient_id, msg.msg_id, quiet=True)
             except RelayError:
                 # Redelivered later; the replay window drops it then.
                 self._stats["ack_failed"] += 1

@@ -315,8 +315,10 @@ class RelayPool:
             relay.proven.add(sender_id)
             await client.send(sender_id, block)
 
-    async def ack(self, url: str, recipient_id: bytes, msg_id: bytes) -> None:
-        await (await self._client(url)).ack(recipient_id, msg_id)
+    async def ack(
+        self, url: str, recipient_id: bytes, msg_id: bytes, *, quiet: bool = False
+    ) -> None:
+        await (await self._client(url)).ack(recipient_id, msg_id, quiet=quiet)
 
     async def delete_queue(self, url: str, recipient_id: bytes, recipient_key: SigningKey) -> None:
         self.unsubscribe(url, recipient_id)

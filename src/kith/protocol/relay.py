@@ -77,6 +77,7 @@ class FrameType(enum.IntEnum):
     SEND = 0x06
     ACK = 0x07
     DEL = 0x08
+    QACK = 0x09
 
     OK = 0x80
     PONG = 0x81
@@ -173,11 +174,17 @@ class Send:
 
 @dataclass(slots=True)
 class Ack:
-    """Acknowledge (and so delete) a message delivered on this connection's subscription."""
+    """Acknowledge (and so delete) a message delivered on this connection's subscription.
+
+    ``quiet`` (frame type ``QACK``): the relay answers only if the ACK fails (``ERR``), not
+    with ``OK`` when it succeeds. A client that goes on receiving has no use for the OK (a
+    failed ACK only means the message comes again, and clients drop duplicates), and a reply
+    per message is a fifth of the relay's frames."""
 
     corr_id: int
     recipient_id: bytes
     msg_id: bytes
+    quiet: bool = False
 
 
 @dataclass(slots=True)
@@ -254,6 +261,7 @@ _HELLO = struct.Struct(">BB32sIH")
 _OK: Final = int(FrameType.OK)
 _SEND: Final = int(FrameType.SEND)
 _ACK: Final = int(FrameType.ACK)
+_QACK: Final = int(FrameType.QACK)
 _MSG_HEADER: Final = _HEADER.pack(VERSION, int(FrameType.MSG), 0)
 
 
@@ -326,10 +334,10 @@ def encode(frame: Command | Reply) -> bytes:
         case Send(corr_id, sid, body):
             _check("sender_id", sid, ID_LEN)
             return _header(FrameType.SEND, corr_id) + sid + body
-        case Ack(corr_id, rid, msg_id):
+        case Ack(corr_id, rid, msg_id, quiet):
             _check("recipient_id", rid, ID_LEN)
             _check("msg_id", msg_id, MSG_ID_LEN)
-            return _header(FrameType.ACK, corr_id) + rid + msg_id
+            return _header(FrameType.QACK if quiet else FrameType.ACK, corr_id) + rid + msg_id
         case Del(corr_id, rid, sig):
             _check("recipient_id", rid, ID_LEN)
             _check("signature", sig, SIG_LEN)
@@ -398,9 +406,9 @@ def decode_command(data: bytes, block_size: int) -> Command:
                 corr,
             )
         return Send(corr, body[:ID_LEN], body[ID_LEN:])
-    if ftype == _ACK:
+    if ftype in (_ACK, _QACK):
         _expect_len(body, ID_LEN + MSG_ID_LEN, "ACK", corr)
-        return Ack(corr, body[:ID_LEN], body[ID_LEN:])
+        return Ack(corr, body[:ID_LEN], body[ID_LEN:], ftype == _QACK)
     if ftype == FrameType.PING:
         _expect_len(body, 0, "PING", corr)
         return Ping(corr)

@@ -189,11 +189,12 @@ class Fetch:
 
 @dataclass(slots=True)
 class AckMessage:
-    """Outcome: ``bool`` (whether the message was there)."""
+    """Outcome: ``bool`` (whether the message was there). ``quiet``: answer only a failure."""
 
     corr_id: int
     recipient_id: bytes
     msg_id: bytes
+    quiet: bool = False
 
 
 Effect = (
@@ -364,12 +365,12 @@ class RelayConnection:
                         self._proven.get(sid),
                     )
                 ]
-            case p.Ack(corr, rid, msg_id):
+            case p.Ack(corr, rid, msg_id, quiet):
                 sub = self._subs.get(rid)
                 if sub is None or msg_id not in sub.inflight:
                     self.counters.add("err_no_message")
                     return [_err(corr, p.ErrorCode.NO_MESSAGE)]
-                return [AckMessage(corr, rid, msg_id)]
+                return [AckMessage(corr, rid, msg_id, quiet)]
         raise AssertionError("unreachable: decode_command returns only commands")
 
     # ------------------------------------------------------------------ effect outcomes
@@ -397,7 +398,7 @@ class RelayConnection:
                 if not isinstance(outcome, list):
                     raise TypeError("Fetch outcome must be a list")
                 return self._fetched(rid, outcome, now)
-            case AckMessage(corr, rid, msg_id):
+            case AckMessage(corr, rid, msg_id, quiet):
                 sub = self._subs.get(rid)
                 if sub is not None:
                     sub.inflight.pop(msg_id, None)
@@ -406,7 +407,7 @@ class RelayConnection:
                     out: list[Output] = [_err(corr, p.ErrorCode.NO_MESSAGE)]
                 else:
                     self.counters.add("messages_acked")
-                    out = [Reply(p.encode_ok(corr))]
+                    out = [] if quiet else [Reply(p.encode_ok(corr))]
                 if sub is not None:
                     out += self._maybe_fetch(rid, sub, now)
                 return out

@@ -15,10 +15,12 @@ from kith.protocol import relay as rp
 class Pool:
     def __init__(self, refuse: bool = False) -> None:
         self.acks: list[bytes] = []
+        self.quiet: list[bool] = []
         self.refuse = refuse
 
-    async def ack(self, url: str, rid: bytes, mid: bytes) -> None:
+    async def ack(self, url: str, rid: bytes, mid: bytes, *, quiet: bool = False) -> None:
         self.acks.append(mid)
+        self.quiet.append(quiet)
         if self.refuse:
             raise RelayRefused(rp.ErrorCode.NO_MESSAGE)
 
@@ -51,6 +53,7 @@ async def test_an_ack_goes_to_the_pool_its_message_came_from() -> None:
     old, svc._pool = svc._pool, Pool(refuse=True)  # a one-shot sync swaps pools meanwhile
     await asyncio.gather(*svc._acks)
     assert len(old.acks) == 1 and svc._pool.acks == []
+    assert old.quiet == [True]  # the relay answers only a failure
     assert svc._stats["ack_failed"] == 0 and svc._inflight == 0
 
 

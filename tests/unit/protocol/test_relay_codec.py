@@ -24,7 +24,7 @@ commands = st.one_of(
     st.builds(p.Key, corr, ident, key, sig),
     st.builds(p.SAuth, corr, ident, sig),
     st.builds(p.Send, corr, ident, block),
-    st.builds(p.Ack, corr, ident, ident),
+    st.builds(p.Ack, corr, ident, ident, st.booleans()),
     st.builds(p.Del, corr, ident, sig),
 )
 replies = st.one_of(
@@ -113,6 +113,9 @@ def test_known_frame_bytes() -> None:
     assert p.encode(p.Err(7, p.ErrorCode.AUTH)).hex() == "018f000000070005"
     assert p.encode(p.Ack(2, bytes(16), b"\x11" * 16)).hex() == (
         "010700000002" + "00" * 16 + "11" * 16
+    )
+    assert p.encode(p.Ack(3, bytes(16), b"\x11" * 16, quiet=True)).hex() == (
+        "010900000003" + "00" * 16 + "11" * 16
     )
 
 

@@ -192,6 +192,27 @@ def test_a_full_fetch_is_followed_by_another_even_if_acks_freed_room_meanwhile()
     assert nxt and isinstance(nxt[-1], core.Fetch) and nxt[-1].after_seq == 5
 
 
+def test_a_quiet_ack_is_answered_only_when_it_fails() -> None:
+    conn = make()
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    conn.complete(fetch, [msg(1), msg(2), msg(3)], NOW)
+    [ack] = conn.receive(p.encode(p.Ack(7, rid, msg(1).msg_id, quiet=True)), NOW)
+    assert ack == core.AckMessage(7, rid, msg(1).msg_id, quiet=True)
+    assert replies(conn.complete(ack, True, NOW)) == []  # done: nothing to say
+    # The store no longer had it: the client hears so, by corr_id.
+    [ack] = conn.receive(p.encode(p.Ack(8, rid, msg(2).msg_id, quiet=True)), NOW)
+    assert replies(conn.complete(ack, False, NOW)) == [p.Err(8, p.ErrorCode.NO_MESSAGE)]
+    # The store was down: the same.
+    [ack] = conn.receive(p.encode(p.Ack(9, rid, msg(3).msg_id, quiet=True)), NOW)
+    out = conn.complete(ack, StoreUnavailable("down"), NOW)
+    assert replies(out) == [p.Err(9, p.ErrorCode.STORE_UNAVAILABLE)]
+    # Never delivered here: refused at once, as a plain ACK is.
+    out = conn.receive(p.encode(p.Ack(10, rid, b"\x09" * 16, quiet=True)), NOW)
+    assert replies(out) == [p.Err(10, p.ErrorCode.NO_MESSAGE)] and effects(out) == []
+
+
 def test_ack_requires_subscription_on_this_connection() -> None:
     conn = make()
     out = conn.receive(p.encode(p.Ack(1, b"R" * 16, b"m" * 16)), NOW)
