@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kith.errors import StoreUnavailable
+from kith.relay.store import sqlite as sqlite_store
 from kith.relay.store.base import (
     USE_GRANULE,
     DuplicateId,
@@ -945,6 +947,140 @@ async def test_each_queue_reaches_the_writer_in_seq_order(tmp_path: Path) -> Non
         await secure
         assert [(await f).seq for f in (unsent, sent)] == [2, 3]
         assert order == [2, 3]
+    finally:
+        await store.close()
+
+
+async def test_queues_secured_while_leases_are_read_do_not_bounce_for_ever(
+    tmp_path: Path,
+) -> None:
+    """Two queues get KEY while their leases are being read, each with a put called after
+    KEY (correctly keyed). Each lease read is older than its queue's KEY, so the later put
+    asks again; the second read is newer and must serve it, even while the other queue's
+    read is still in flight (found by review: they bounced each other for ever, and close()
+    hung)."""
+    store = await staging(tmp_path / "relay.db", 0.05)
+    q1, q2 = new_record(), new_record()
+    for q in (q1, q2):
+        await store.create_queue(q, NOW)
+    k1, k2 = os.urandom(32), os.urandom(32)
+    held = await hold_writer(store, 0.2)
+    a1 = store.put_message(q1.sender_id, mid(), b"a1", NOW, LIMITS)
+    a2 = store.put_message(q2.sender_id, mid(), b"a2", NOW, LIMITS)
+    s1 = asyncio.ensure_future(store.secure_queue(q1.recipient_id, k1))
+    s2 = asyncio.ensure_future(store.secure_queue(q2.recipient_id, k2))
+    await asyncio.sleep(0)  # both KEYs revoke now
+    b1 = store.put_message(q1.sender_id, mid(), b"b1", NOW, LIMITS, k1)
+    b2 = store.put_message(q2.sender_id, mid(), b"b2", NOW, LIMITS, k2)
+    await held
+    await asyncio.gather(s1, s2)
+    seqs = [(await asyncio.wait_for(f, 5)).seq for f in (a1, a2, b1, b2)]
+    assert seqs == [1, 1, 2, 2]
+    await asyncio.wait_for(store.close(), 5)
+
+
+async def test_a_lease_handed_back_in_a_failing_cycle_keeps_its_seqs(tmp_path: Path) -> None:
+    """Seq 2 is pushed and acknowledged while held (never written: the row still says 1).
+    KEY hands the lease back in a cycle that fails (disk full) before the hand-back runs.
+    The next message must still get 3: given 2 again, a subscriber that was pushed 2 would
+    skip it (found by review)."""
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        await store.put_message(rec.sender_id, mid(), b"one", NOW, LIMITS)
+        m2 = mid()
+        p2 = store.put_message(rec.sender_id, m2, b"two", NOW, LIMITS, accepted=delivered())
+        assert await store.ack(rec.recipient_id, m2) is True
+        assert (await p2).seq == 2
+        await disk_full(store, True)
+        held = await hold_writer(store, 0.3)
+        big = QueueRecord(os.urandom(16), os.urandom(16), os.urandom(200_000))
+        new = asyncio.ensure_future(store.create_queue(big, NOW))  # fails the cycle
+        await asyncio.sleep(0)
+        key = asyncio.ensure_future(store.secure_queue(rec.recipient_id, os.urandom(32)))
+        await asyncio.sleep(0)
+        await held
+        for fut in (new, key):
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(fut, 5)
+        await disk_full(store, False)
+        ref = await store.put_message(rec.sender_id, mid(), b"three", NOW, LIMITS)
+        assert ref.seq == 3
+        got = await store.pending(rec.recipient_id, 2, 10, NOW, LIMITS)
+        assert [m.body for m in got] == [b"three"]
+    finally:
+        await store.close()
+
+
+async def test_an_overflowing_hold_still_writes_each_queue_in_seq_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past _STAGE_MAX the oldest held messages are written at once, in the same turn: an
+    unsent message of a queue (lower seq, written at the end of the turn) must still reach
+    the writer before that queue's held one (found by review)."""
+    monkeypatch.setattr(sqlite_store, "_STAGE_MAX", 4)
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        x, q = new_record(), new_record()
+        for r in (x, q):
+            await store.create_queue(r, NOW)
+            await store.put_message(r.sender_id, mid(), b"lease", NOW, BIG)
+        order: list[int] = []
+        enqueue = store._enqueue
+
+        def recording(job: object, fut: asyncio.Future[object] | None) -> None:
+            order.extend(p.ref.seq for p in getattr(job, "puts", []) if p.ref.recipient_id
+                         == q.recipient_id)
+            enqueue(job, fut)
+
+        store._enqueue = recording  # type: ignore[method-assign]
+        futs = [
+            store.put_message(x.sender_id, mid(), b"x", NOW, BIG, accepted=delivered())
+            for _ in range(5)
+        ]
+        unsent = store.put_message(q.sender_id, mid(), b"unsent", NOW, BIG)
+        sent = store.put_message(q.sender_id, mid(), b"sent", NOW, BIG, accepted=delivered())
+        futs += [
+            store.put_message(x.sender_id, mid(), b"x", NOW, BIG, accepted=delivered())
+            for _ in range(4)
+        ]
+        await asyncio.gather(unsent, sent, *futs)
+        assert order == [2, 3]
+    finally:
+        await store.close()
+
+
+async def test_a_lease_handed_back_counts_the_messages_still_on_their_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many leases: idle ones are handed back, possibly while their unsent messages wait
+    for the end of the turn. A new lease read before those are queued would not count them,
+    and the queue would hold more than its quota (found by review)."""
+    monkeypatch.setattr(sqlite_store, "_LEASE_MAX", 1)
+    store = await staging(tmp_path / "relay.db", 1.0)
+    try:
+        other, q = new_record(), new_record()
+        await store.create_queue(other, NOW)
+        await store.create_queue(q, NOW)
+        await store.put_message(other.sender_id, mid(), b"x", NOW, LIMITS)
+        small = Limits(max_messages=2)
+        extra: list[asyncio.Future[StoredRef]] = []
+        apply = store._apply
+
+        def then_more(events: list[Any]) -> None:
+            apply(events)  # the grant for q: p1 staged (unsent), then the leases evicted
+            if not extra:  # and, in the same turn, two more SENDs for q
+                extra.extend(
+                    store.put_message(q.sender_id, mid(), b"p", NOW, small) for _ in range(2)
+                )
+
+        store._apply = then_more  # type: ignore[method-assign]
+        p1 = store.put_message(q.sender_id, mid(), b"p1", NOW, small)
+        await asyncio.wait_for(p1, 5)
+        results = await asyncio.wait_for(asyncio.gather(*extra, return_exceptions=True), 5)
+        assert isinstance(results[0], StoredRef) and isinstance(results[1], QuotaExceeded)
+        assert (await store.stats())["messages"] == 3  # "x", p1 and one more: q holds 2
     finally:
         await store.close()
 

@@ -213,6 +213,7 @@ class _Put:
     fut: asyncio.Future[StoredRef]
     ref: StoredRef | None = None
     staged_at: float = 0.0
+    delivered: bool = False  # pushed to a subscriber when staged
     order: int = 0  # while waiting for a lease: when it was called (see _granted)
 
 
@@ -298,10 +299,12 @@ class SQLiteStore:
         self._leases: dict[bytes, _Lease] = {}
         self._by_rid: dict[bytes, _Lease] = {}
         self._waiting: dict[bytes, list[_Put]] = {}
-        # Queues revoked while leases were being granted: recipient id -> the order of the
-        # last put called before the first such revocation (see _granted).
-        self._revoked: dict[bytes, int] = {}
-        self._order = 0
+        # Revocations that a lease read still on its way may have missed: recipient id -> the
+        # ticks at which the queue was revoked; and the tick of each grant request in flight,
+        # by sender id (see _granted). Puts waiting for a lease carry their own tick.
+        self._revoked: dict[bytes, list[int]] = {}
+        self._requested: dict[bytes, int] = {}
+        self._ticks = 0
         self._staged: OrderedDict[tuple[bytes, bytes], _Put] = OrderedDict()
         self._timer: asyncio.Handle | None = None
         self._direct: list[_Put] = []  # checked, not delivered: written at the end of the turn
@@ -543,6 +546,9 @@ class SQLiteStore:
                 if item is not _STOP:
                     jobs.append(item)  # type: ignore[arg-type]
             err = _unavailable(exc)
+            for job, _ in jobs:
+                if type(job) is _Write:
+                    job.done = 0  # its answers from the dying cycle were never posted
             events = [e for job, fut in jobs for e in _failed_job(job, fut, err)]
             self._post(events)
             raise
@@ -559,6 +565,12 @@ class SQLiteStore:
         self._inserted = []
         floors: list[tuple[bytes, int]] = []
         done = 0  # jobs fully handled
+        for job, _ in jobs:
+            # Leases handed back: their last seqs count from now on, whatever becomes of this
+            # transaction (a seq handed out twice would make the relay skip a message).
+            if type(job) is _Write:
+                for rid, seq in job.releases:
+                    self._floors[rid] = max(seq, self._floors.get(rid, 0))
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, fut in jobs:
@@ -652,8 +664,6 @@ class SQLiteStore:
         """Insert staged puts in order. All at once when nothing goes wrong; otherwise one by
         one, so that a refused put (its queue deleted meanwhile, an id already written, a
         value SQLite cannot bind) fails alone."""
-        for rid, seq in job.releases:
-            self._floors[rid] = max(seq, self._floors.get(rid, 0))
         puts = job.puts
         if not puts:
             return
@@ -688,9 +698,11 @@ class SQLiteStore:
                     else NoQueue("no such queue")
                 )
                 events += [(_SETTLE, put.fut, False, err, False), _dropped(put)]
+            except _BIND_ERRORS as exc:  # a value SQLite cannot bind: this put only
+                events += [(_SETTLE, put.fut, False, exc, False), _dropped(put)]
             except sqlite3.Error:
                 raise  # the database is failing (disk full, I/O): the whole cycle fails
-            except Exception as exc:  # noqa: BLE001 -- a value SQLite cannot bind: this put only
+            except Exception as exc:  # noqa: BLE001 -- anything else about this value: this put only
                 events += [(_SETTLE, put.fut, False, exc, False), _dropped(put)]
             else:
                 events.append((_SETTLE, put.fut, True, put.ref, True))
@@ -764,11 +776,9 @@ class SQLiteStore:
         puts = self._waiting.pop(sid, None)
         if puts is None:
             return
-        revoked = self._revoked
-        if not self._waiting:
-            self._revoked = {}
-            if self._granting is not None and not self._granting.done():
-                self._granting.set_result(None)
+        asked = self._requested.pop(sid)
+        if not self._waiting and self._granting is not None and not self._granting.done():
+            self._granting.set_result(None)
         refusal: Exception | None = None
         if isinstance(grant, Exception):
             refusal = grant
@@ -779,22 +789,25 @@ class SQLiteStore:
         if refusal is not None:
             for put in puts:
                 _fail(put.fut, refusal)
+            self._prune_revoked()
             return
         assert isinstance(grant, tuple)  # noqa: S101 -- _grant reports nothing else
         rid, skey, last_seq, count, nbytes = grant
+        # The first revocation of this queue after the request: the writer read the row
+        # before the change it announced (KEY, DEL), so the read is right only for the puts
+        # called before it.
+        cut = next((tick for tick in self._revoked.get(rid, ()) if tick > asked), None)
+        self._prune_revoked()
         lease = _Lease(rid, sid, skey, last_seq, last_seq, count, nbytes)
         self._leases[sid] = self._by_rid[rid] = lease
-        cut = revoked.get(rid)
         if cut is None:
             for put in puts:
                 self._stage(lease, put)
         else:
-            # The queue was secured or deleted after this grant was asked for, so the writer
-            # read it before the change. That read is right for the puts called before the
-            # change: they are staged, and handed to the writer at once (behind the change).
-            # The later ones ask again; the new read comes after the change.
+            # Those are staged, and handed to the writer at once (behind the change); the
+            # later ones ask again, and the new read comes after the change.
             for put in puts:
-                if put.order <= cut:
+                if put.order < cut:
                     self._stage(lease, put)
             self._revoke(rid, record=False)
             later = [put for put in puts if put.order > cut]
@@ -803,8 +816,28 @@ class SQLiteStore:
         if len(self._leases) > _LEASE_MAX:
             self._evict()
 
+    def _tick(self) -> int:
+        self._ticks += 1
+        return self._ticks
+
+    def _prune_revoked(self) -> None:
+        """Forget revocations that no lease read in flight can have missed."""
+        if not self._revoked:
+            return
+        oldest = min(self._requested.values(), default=None)
+        if oldest is None:
+            self._revoked.clear()
+            return
+        for rid in list(self._revoked):
+            ticks = [tick for tick in self._revoked[rid] if tick > oldest]
+            if ticks:
+                self._revoked[rid] = ticks
+            else:
+                del self._revoked[rid]
+
     def _request(self, sid: bytes, puts: list[_Put]) -> None:
         self._waiting[sid] = puts
+        self._requested[sid] = self._tick()
         self._enqueue(_Grant(sid), None)
 
     def _stage(self, lease: _Lease, put: _Put) -> None:
@@ -837,6 +870,7 @@ class SQLiteStore:
                 delivered = bool(put.accepted(ref))
             except Exception:
                 log.exception("accept callback failed")
+        put.delivered = delivered
         loop = self._loop
         assert loop is not None  # noqa: S101 -- set whenever the store is running
         if not (delivered and self._stage_seconds) and not lease.staged:
@@ -870,7 +904,7 @@ class SQLiteStore:
         the hold."""
         self._timer = None
         loop = self._loop
-        if loop is None or not self._running:
+        if loop is None or self._stopping:
             return
         self._adjust_hold()
         now = loop.time()
@@ -890,7 +924,8 @@ class SQLiteStore:
                 lease.staged -= 1
             batch.append(put)
         if batch:
-            self._misses += len(batch)
+            self._misses += sum(1 for put in batch if put.delivered)
+            self._write_direct()  # lower seqs of the same queues may be among them
             self._enqueue(_Write(batch, []), None)
         if staged:
             first = next(iter(staged.values()))
@@ -901,8 +936,11 @@ class SQLiteStore:
         saturated run, a third of a second after the push): when more than
         :data:`_MISS_SHARE` of held messages were written unacknowledged, hold four times as
         long (up to :data:`_STAGE_MAX_HOLD`); otherwise come down to twice the longest wait
-        an ACK took (never below ``stage_seconds``). A message nobody was sent is never held,
-        so recipients that are offline do not stretch it."""
+        an ACK took (never below ``stage_seconds``). Only messages that were pushed count: a
+        message nobody was sent is not held (or is written with its queue's held ones), so
+        recipients that are offline do not stretch it. A subscriber that never acknowledges
+        can: the cost is bounded (the hold's cap, :data:`_STAGE_MAX`) and falls on the OK to
+        the senders of messages pushed and not acknowledged."""
         hits, misses = self._hits, self._misses
         if hits + misses < 16:
             return
@@ -918,8 +956,8 @@ class SQLiteStore:
         """A command is about to change the queue (KEY, DEL): the loop gives up its lease, and
         the queue's staged messages go to the writer ahead of the command, as they came
         before it. The next put asks for a new lease, read after the change."""
-        if record and self._waiting:
-            self._revoked.setdefault(rid, self._order)
+        if record and self._requested:
+            self._revoked.setdefault(rid, []).append(self._tick())
         lease = self._by_rid.pop(rid, None)
         if lease is None:
             return
@@ -933,6 +971,7 @@ class SQLiteStore:
 
     def _evict(self) -> None:
         """Too many leases: hand back those with nothing staged."""
+        self._write_direct()  # a new lease must count the messages of the old one
         idle = [lease for lease in self._leases.values() if lease.staged == 0]
         for lease in idle:
             del self._leases[lease.sid]
@@ -1054,7 +1093,7 @@ class SQLiteStore:
         if lease is not None:
             self._stage(lease, put)
         else:
-            self._order = put.order = self._order + 1
+            put.order = self._tick()
             waiting = self._waiting.get(sid)
             if waiting is not None:
                 waiting.append(put)  # behind the puts already waiting for this lease
@@ -1215,6 +1254,9 @@ class SQLiteStore:
 
         return await self._read(op)
 
+
+#: Errors that say a value could not be bound, not that the database is failing.
+_BIND_ERRORS: Final = (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError)
 
 _INSERT_SQL: Final = (
     "INSERT INTO messages (recipient_id, seq, msg_id, received_at, body) VALUES (?, ?, ?, ?, ?)"
