@@ -134,6 +134,7 @@ from kith.relay.store._common import (
     check_count,
     check_id,
     expiry_cutoff,
+    hint_after_caller,
 )
 from kith.relay.store.base import (
     AcceptFn,
@@ -750,12 +751,18 @@ class SQLiteStore:
 
     def _apply(self, events: list[_Event]) -> None:
         """Carry out the writer's report (on the event loop), in the order it happened."""
+        loop = self._loop
         for kind, a, b, c, _ in events:
             if kind == _SETTLE:
                 if a.done():  # the caller was cancelled; the job still ran (or not) as reported
                     continue
                 if b:
                     a.set_result(c)
+                    if type(c) is StoredRef and c.recipient_id in self._watchers and loop:
+                        # A message written: tell a local subscriber that did not get it
+                        # pushed, after the put's caller has seen the result (the relay
+                        # pushes straight from it, and the hint is then stale).
+                        hint_after_caller(loop, self._hint, c.recipient_id, c.seq)
                 else:
                     a.set_exception(c)
             elif kind == _ADJUST:
@@ -1088,7 +1095,6 @@ class SQLiteStore:
         fut: asyncio.Future[StoredRef] = self._live().create_future()
         put = _Put(sid, mid, data, now, limits.max_messages, limits.max_bytes,
                    limits.max_store_bytes, sender_key, accepted, fut)
-        fut.add_done_callback(self._put_done)
         lease = self._leases.get(sid)
         if lease is not None:
             self._stage(lease, put)
@@ -1101,14 +1107,6 @@ class SQLiteStore:
                 self._request(sid, [put])
         return fut
 
-    def _put_done(self, fut: asyncio.Future[StoredRef]) -> None:
-        # Registered before the caller's own callbacks, so the hint (one turn later) follows
-        # them (see hint_after_caller).
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        ref = fut.result()
-        if ref.recipient_id in self._watchers and self._loop is not None:
-            self._loop.call_soon(self._hint, ref.recipient_id, ref.seq)
 
     def _hint(self, recipient_id: bytes, seq: int | None = None) -> None:
         if self._notify is not None and self._running:
