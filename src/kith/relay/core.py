@@ -381,6 +381,9 @@ class RelayConnection:
             return []
         if isinstance(outcome, BaseException):
             return self._failed(effect, outcome)
+        if type(effect) is StoreMessage:  # the hot path first, without a class pattern
+            self.counters.add("messages_stored")
+            return [Reply(p.encode_ok(effect.corr_id))]
         match effect:
             case CreateQueue(corr, rec, _):
                 self.counters.add("queues_created")
@@ -390,9 +393,6 @@ class RelayConnection:
                     raise TypeError("LoadQueue outcome must be a QueueRecord or None")
                 return self._authorise(cmd, outcome, now)
             case SecureQueue(corr, _, _) | DeleteQueue(corr, _):
-                return [Reply(p.encode_ok(corr))]
-            case StoreMessage(corr, _, _, _, _, _, _):
-                self.counters.add("messages_stored")
                 return [Reply(p.encode_ok(corr))]
             case Fetch(rid, _, _, _, _):
                 if not isinstance(outcome, list):
