@@ -289,6 +289,11 @@ class _Connection(WSListener):
         except Exception as exc:  # noqa: BLE001 -- fed back to the core like any outcome
             fut = relay.loop.create_future()
             fut.set_exception(exc)
+        if fut.done():
+            # Settled at the call (the memory store; an ACK of a message SQLite still held;
+            # a refusal): finish now, without a callback scheduled for a later turn.
+            self._done(effect, early, fut)
+            return
         self.inflight.add(fut)
         fut.add_done_callback(partial(self._done, effect, early))
         if len(self.inflight) >= MAX_INFLIGHT and not self.paused:
