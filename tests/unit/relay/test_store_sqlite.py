@@ -677,6 +677,21 @@ async def staging(path: Path, seconds: float, hints: Hints | None = None) -> SQL
     return store
 
 
+def record_writes(store: SQLiteStore, recipient_id: bytes) -> list[int]:
+    """The seqs of one queue's messages, in the order they are handed to the writer."""
+    order: list[int] = []
+    enqueue = store._enqueue
+
+    def recording(job: object, fut: asyncio.Future[object] | None) -> None:
+        order.extend(
+            put.ref.seq for put in getattr(job, "puts", []) if put.ref.recipient_id == recipient_id
+        )
+        enqueue(job, fut)
+
+    store._enqueue = recording  # type: ignore[method-assign]
+    return order
+
+
 def delivered(sink: Callable[[StoredRef], object] | None = None) -> Callable[[StoredRef], bool]:
     """An ``accepted`` callback that says the message went to a subscriber: the store then
     holds it, hoping for its ACK. (A message nobody was sent is written at once.)"""
@@ -928,15 +943,7 @@ async def test_each_queue_reaches_the_writer_in_seq_order(tmp_path: Path) -> Non
         rec = new_record()
         await store.create_queue(rec, NOW)
         await store.put_message(rec.sender_id, mid(), b"lease", NOW, LIMITS)  # seq 1
-        order: list[int] = []
-        enqueue = store._enqueue
-
-        def recording(job: object, fut: asyncio.Future[object] | None) -> None:
-            for put in getattr(job, "puts", []):
-                order.append(put.ref.seq)
-            enqueue(job, fut)
-
-        store._enqueue = recording  # type: ignore[method-assign]
+        order = record_writes(store, rec.recipient_id)
         # As in the relay: KEY's task is created, then SENDs are read in the same turn; the
         # task runs (and revokes the lease) before the end-of-turn write of the unsent one.
         secure = asyncio.ensure_future(store.secure_queue(rec.recipient_id, os.urandom(32)))
@@ -1026,15 +1033,7 @@ async def test_an_overflowing_hold_still_writes_each_queue_in_seq_order(
         for r in (x, q):
             await store.create_queue(r, NOW)
             await store.put_message(r.sender_id, mid(), b"lease", NOW, BIG)
-        order: list[int] = []
-        enqueue = store._enqueue
-
-        def recording(job: object, fut: asyncio.Future[object] | None) -> None:
-            order.extend(p.ref.seq for p in getattr(job, "puts", []) if p.ref.recipient_id
-                         == q.recipient_id)
-            enqueue(job, fut)
-
-        store._enqueue = recording  # type: ignore[method-assign]
+        order = record_writes(store, q.recipient_id)
         futs = [
             store.put_message(x.sender_id, mid(), b"x", NOW, BIG, accepted=delivered())
             for _ in range(5)
