@@ -420,3 +420,7 @@ async def test_a_quiet_ack_deletes_without_an_answer_and_a_failed_one_is_answere
         await alice.subscribe(rid, key)
         with pytest.raises(TimeoutError):  # acknowledged means deleted, across a restart
             await alice.next_message(timeout=0.3)
+        # The client side: the ERR of a failed QACK is dropped; the connection goes on.
+        await alice.ack(rid, b"\x07" * 16, quiet=True)
+        await alice.ping()
+        assert alice.unmatched == 1

@@ -61,8 +61,7 @@ class RelayClient:
     def __init__(self, ws: ClientConnection, hello: p.Hello) -> None:
         self._ws = ws
         self.hello = hello
-        self._corr = itertools.count(1)
-        self._last_corr = 0
+        self._corr = itertools.count(0)
         #: Subscribed queues and how many pushed messages each has unacknowledged. A relay may
         #: push at most ``hello.window`` per queue; more than twice that (see ``_read``) is a
         #: protocol violation (a hostile relay
@@ -70,6 +69,7 @@ class RelayClient:
         #: this connection are dropped.
         self._unacked: dict[bytes, int] = {}
         self.dropped = 0
+        self.unmatched = 0  # replies that no call was waiting for (see _read)
         self._waiting: dict[int, asyncio.Future[p.Reply]] = {}
         self.messages: asyncio.Queue[p.Msg] = asyncio.Queue()
         self.ended: asyncio.Queue[bytes] = asyncio.Queue()
@@ -175,8 +175,7 @@ class RelayClient:
             return
         if self._failure is not None:
             raise self._failure
-        corr = next(self._corr) & 0xFFFFFFFF
-        self._last_corr = corr
+        corr = self._next_corr()
         try:
             await self._ws.send(p.encode(p.Ack(corr, recipient_id, msg_id, quiet=True)))
         except ConnectionClosed as exc:
@@ -225,11 +224,14 @@ class RelayClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _next_corr(self) -> int:
+        """corr_ids run 1..2**32-1 and wrap, never 0 (the relay's own frames carry 0)."""
+        return next(self._corr) % 0xFFFFFFFF + 1
+
     async def _call(self, build: Any, want: type[R]) -> R:
         if self._failure is not None:
             raise self._failure
-        corr = next(self._corr) & 0xFFFFFFFF
-        self._last_corr = corr
+        corr = self._next_corr()
         frame = build(corr)
         fut: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
         self._waiting[corr] = fut
@@ -279,9 +281,11 @@ class RelayClient:
                 else:
                     fut = self._waiting.get(reply.corr_id)
                     if fut is None:
-                        if 0 < reply.corr_id <= self._last_corr:
-                            continue  # a late reply to a call that was cancelled
-                        raise p.FrameError(p.ErrorCode.MALFORMED, "reply to no command")
+                        # Nothing waits for it: the ERR of a quiet ACK, or a late reply to a
+                        # call that was cancelled. (corr_ids wrap after 2**32 commands, so a
+                        # reply cannot be told from a made-up one; either way it is dropped.)
+                        self.unmatched += 1
+                        continue
                     if not fut.done():
                         fut.set_result(reply)
             self._fail(RelayUnreachable("relay closed the connection"))

@@ -271,7 +271,7 @@ class RelayConnection:
         if not self._frame_bucket.take(now):
             corr = _corr_of(data)
             self.counters.add("err_rate_limited")
-            return [_err(corr, p.ErrorCode.RATE_LIMITED)]
+            return [_err(corr, p.ErrorCode.RATE_LIMITED), *self._release_refused_ack(data, now)]
         if isinstance(data, str):
             self.counters.add("err_malformed")
             return [_err(0, p.ErrorCode.MALFORMED)]
@@ -380,7 +380,7 @@ class RelayConnection:
         if self.closed:
             return []
         if isinstance(outcome, BaseException):
-            return self._failed(effect, outcome)
+            return self._failed(effect, outcome, now)
         if type(effect) is StoreMessage:  # the hot path first, without a class pattern
             self.counters.add("messages_stored")
             return [Reply(p.encode_ok(effect.corr_id))]
@@ -415,7 +415,7 @@ class RelayConnection:
                 return []
         raise TypeError(f"unknown effect {type(effect).__name__}")
 
-    def _failed(self, effect: Effect, exc: BaseException) -> list[Output]:
+    def _failed(self, effect: Effect, exc: BaseException, now: float) -> list[Output]:
         if isinstance(effect, Fetch):
             rid = effect.recipient_id
             sub = self._subs.get(rid)
@@ -439,6 +439,9 @@ class RelayConnection:
                 self._random(p.ID_LEN), self._random(p.ID_LEN), effect.record.recipient_key
             )
             return [CreateQueue(effect.corr_id, rec, effect.now)]
+        after: list[Output] = []
+        if isinstance(effect, AckMessage):
+            after = self._release(effect.recipient_id, effect.msg_id, now)
         corr = effect.command.corr_id if isinstance(effect, LoadQueue) else effect.corr_id
         if isinstance(exc, StoreUnavailable):
             code = p.ErrorCode.STORE_UNAVAILABLE
@@ -449,7 +452,7 @@ class RelayConnection:
         else:
             code = p.ErrorCode.INTERNAL
         self.counters.add(f"err_{code.name.lower()}")
-        return [_err(corr, code)]
+        return [_err(corr, code), *after]
 
     def _authorise(
         self, cmd: p.Sub | p.Key | p.Del | p.SAuth, rec: QueueRecord | None, now: float
@@ -520,6 +523,32 @@ class RelayConnection:
         out.append(Reply(p.encode_ok(corr)))
         out += self._maybe_fetch(rid, sub, now)
         return out
+
+    def _release(self, rid: bytes, msg_id: bytes, now: float) -> list[Output]:
+        """An acknowledgement of this message failed: stop counting it against the window.
+
+        The message stays stored and comes again on the next SUB (the client drops the copy).
+        Left in flight, it would hold its slot for the connection's lifetime, and a client
+        that acknowledges with QACK never hears of the failure: ``window`` such failures would
+        stop delivery on the queue until the client subscribes again."""
+        sub = self._subs.get(rid)
+        if sub is None or sub.inflight.pop(msg_id, None) is None:
+            return []
+        sub.dirty = True  # room again: look for what is waiting
+        return self._maybe_fetch(rid, sub, now)
+
+    def _release_refused_ack(self, data: bytes | str, now: float) -> list[Output]:
+        """A rate-limited frame is not run; if it is an ACK, its slot is released all the
+        same (see :meth:`_release`)."""
+        if not (isinstance(data, bytes) and len(data) > 1 and data[1] in _ACK_TYPES):
+            return []
+        try:
+            cmd = p.decode_command(data, self.config.block_size)
+        except p.FrameError:
+            return []
+        if not isinstance(cmd, p.Ack):
+            return []
+        return self._release(cmd.recipient_id, cmd.msg_id, now)
 
     # ------------------------------------------------------------------ delivery
 
@@ -592,6 +621,9 @@ class _Bucket:
 
 def _coarse(now: float) -> int:
     return int(now) // TIME_GRANULARITY * TIME_GRANULARITY
+
+
+_ACK_TYPES: frozenset[int] = frozenset((p.FrameType.ACK, p.FrameType.QACK))
 
 
 def _corr_of(data: bytes | str) -> int:

@@ -4,10 +4,11 @@ the connection the message came on, and be counted until it is answered or cance
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from typing import Any
 
-from kith.client.relay import RelayRefused
+from kith.client.relay import RelayClient, RelayRefused
 from kith.client.service import ClientService
 from kith.protocol import relay as rp
 
@@ -72,3 +73,11 @@ async def test_no_ack_is_started_once_the_service_is_locked() -> None:
     svc._locked = True
     await svc._ack("ws://relay", msg())  # type: ignore[arg-type]
     assert not svc._tasks and svc._inflight == 0
+
+
+def test_corr_ids_wrap_without_ever_using_zero() -> None:
+    """A long-lived connection sends more than 2**32 commands; the relay's own frames carry
+    corr_id 0, so a command must never use it."""
+    client = RelayClient.__new__(RelayClient)
+    client._corr = itertools.count(0xFFFFFFFD)
+    assert [client._next_corr() for _ in range(4)] == [0xFFFFFFFE, 0xFFFFFFFF, 1, 2]

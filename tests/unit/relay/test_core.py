@@ -213,6 +213,40 @@ def test_a_quiet_ack_is_answered_only_when_it_fails() -> None:
     assert replies(out) == [p.Err(10, p.ErrorCode.NO_MESSAGE)] and effects(out) == []
 
 
+def test_a_failed_acknowledgement_gives_its_window_slot_back() -> None:
+    """A QACK that fails is answered with ERR, which a client that does not wait for the
+    answer drops. Had the message kept its slot, `window` such failures would stop delivery
+    on the queue for the connection's lifetime (found by review). The message stays stored
+    and comes again on the next SUB; the slot is free at once and waiting messages follow."""
+    conn = make(window=2)
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)
+    conn.complete(fetch, [msg(1), msg(2)], NOW)  # window full
+    [ack] = conn.receive(p.encode(p.Ack(3, rid, msg(1).msg_id, quiet=True)), NOW)
+    out = conn.complete(ack, StoreUnavailable("down"), NOW)
+    assert replies(out) == [p.Err(3, p.ErrorCode.STORE_UNAVAILABLE)]
+    [refill] = effects(out)
+    assert isinstance(refill, core.Fetch) and refill.after_seq == 2 and refill.limit == 1
+
+
+def test_a_rate_limited_acknowledgement_gives_its_window_slot_back() -> None:
+    conn = make(window=2, burst=4, rate=0.001)
+    key = SigningKey.generate()
+    rid = b"R" * 16
+    fetch = subscribed(conn, key, rid)  # one frame of the burst
+    conn.complete(fetch, [msg(1), msg(2)], NOW)
+    for corr in (1, 2, 3):  # use up the rest of the burst
+        conn.receive(p.encode(p.Ping(corr)), NOW)
+    out = conn.receive(p.encode(p.Ack(9, rid, msg(1).msg_id, quiet=True)), NOW)
+    assert replies(out) == [p.Err(9, p.ErrorCode.RATE_LIMITED)]
+    [refill] = effects(out)  # not run (nothing deleted), but the slot is free again
+    assert isinstance(refill, core.Fetch) and refill.limit == 1
+    # A refused ACK that names nothing delivered here frees nothing.
+    out = conn.receive(p.encode(p.Ack(10, rid, b"\x09" * 16)), NOW)
+    assert replies(out) == [p.Err(10, p.ErrorCode.RATE_LIMITED)] and effects(out) == []
+
+
 def test_ack_requires_subscription_on_this_connection() -> None:
     conn = make()
     out = conn.receive(p.encode(p.Ack(1, b"R" * 16, b"m" * 16)), NOW)
