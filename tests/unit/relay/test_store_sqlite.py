@@ -1084,6 +1084,44 @@ async def test_a_lease_handed_back_counts_the_messages_still_on_their_way(
         await store.close()
 
 
+async def test_the_hold_stretches_while_acks_come_late_and_shrinks_back(
+    tmp_path: Path,
+) -> None:
+    """ACKs that come later than the hold: held messages are written, so the hold grows until
+    a round of them is acknowledged while still held (never written). When ACKs come at
+    once again, it comes back down to stage_seconds."""
+    store = await staging(tmp_path / "relay.db", 0.02)
+    try:
+        rec = new_record()
+        await store.create_queue(rec, NOW)
+        await store.put_message(rec.sender_id, mid(), b"lease", NOW, BIG)
+
+        async def round_trip(ack_after: float) -> int:
+            """20 pushed messages acknowledged ``ack_after`` s later; how many were elided."""
+            before = store.counters()["staged_never_written"]
+            ids = [mid() for _ in range(20)]
+            puts = [
+                store.put_message(rec.sender_id, m, b"x", NOW, BIG, accepted=delivered())
+                for m in ids
+            ]
+            await asyncio.sleep(ack_after)
+            for m in ids:
+                await store.ack(rec.recipient_id, m)
+            await asyncio.gather(*puts)
+            return store.counters()["staged_never_written"] - before
+
+        elided = [await round_trip(0.2) for _ in range(5)]
+        assert elided[0] == 0  # a 20 ms hold writes them all
+        assert 20 in elided[1:4]  # grown (x4 per round: 80 ms, 320 ms, 1 s) past 0.2 s
+        assert store._hold > 0.2
+        for _ in range(3):  # the check after the late rounds still sees their waits
+            assert await round_trip(0) == 20
+            await asyncio.sleep(store._hold + 0.1)  # the next check of the hold
+        assert store._hold == pytest.approx(0.02)
+    finally:
+        await store.close()
+
+
 async def test_a_staged_message_is_hinted_once_written(tmp_path: Path) -> None:
     """A subscriber whose window was full when the message was staged reads it after the
     write; the hint that follows the write is what tells it to."""
