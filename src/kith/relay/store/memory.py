@@ -151,10 +151,12 @@ class MemoryStore:
         check_id("msg_id", msg_id)
         check_body(body)
         check_id("sender_id", sender_id)
-        return _settled(self._live(), self._put, sender_id, msg_id, body, now, limits, sender_key)
+        loop = self._live()
+        return _settled(loop, self._put, loop, sender_id, msg_id, body, now, limits, sender_key)
 
     def _put(
         self,
+        loop: asyncio.AbstractEventLoop,
         sender_id: bytes,
         msg_id: bytes,
         body: bytes,
@@ -162,7 +164,6 @@ class MemoryStore:
         limits: Limits,
         sender_key: bytes | None,
     ) -> StoredRef:
-        loop = self._live()
         q = self._by_sender.get(sender_id)
         if q is None:
             raise NoQueue("no such queue")
@@ -210,7 +211,6 @@ class MemoryStore:
         return _settled(self._live(), self._ack, recipient_id, msg_id)
 
     def _ack(self, recipient_id: bytes, msg_id: bytes) -> bool:
-        self._live()
         q = self._queue(recipient_id)
         m = q.messages.pop(msg_id, None)
         if m is None:
